@@ -1,0 +1,752 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: Cutover vs nginx vs HAProxy as reverse proxies.
+# This is a measurement harness, not a test: it passes or fails nothing.
+#
+# Run from anywhere (it builds target/release/cutover first):
+#   benches/e2e.sh                               # SCENARIO=basic
+#   SCENARIO=large ROUNDS=5 DURATION=20s benches/e2e.sh
+#
+# Environment:
+#   SCENARIO    basic (default) | sticky | routes | reload | idle | large
+#   ROUNDS      rounds per target, targets alternate A B C D each round (3)
+#   DURATION    length of each wrk / h2load run (10s)
+#   CONNS       concurrent connections (64)
+#   THREADS     wrk / h2load threads (2)
+#   H2_STREAMS  h2load concurrent streams per connection (1, so h2c keeps
+#               the same number of requests in flight as wrk)
+#   IDLE_CONNS  idle keep-alive connections for SCENARIO=idle (10000)
+#   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 1000 10000")
+#   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
+#   CUTOVER_BIN use this cutover binary instead of building one
+#
+# Needs wrk, h2load (nghttp2-client), nginx (nginx-light), haproxy, curl and
+# python3; it installs nothing and says what to install when one is missing.
+#
+# Setup: one backend, a separate nginx (1 worker, access_log off) answering
+# "ok\n" on / and a 1 MiB file on /large.bin, on a kernel-chosen free
+# 127.0.0.1 port. In front of it, with equivalent settings
+# (2 workers or threads, access logs off, HTTP/1.1 keep-alive to the backend,
+# no per-connection request limit):
+#   cutover   target/release/cutover run --config $TMP/cutover.toml (90/10)
+#   nginx     worker_processes 2; upstream keepalive 64; proxy_http_version 1.1
+#   haproxy   nbthread 2; http-reuse always
+# h2c (HTTP/2 with prior knowledge, measured with h2load in SCENARIO=basic):
+# cutover on its one port; nginx 1.22 only on a separate `listen ... http2`
+# port (it cannot serve HTTP/1.1 there), as the backend does for the direct
+# row; haproxy on a second `bind ... proto h2`. A target that does not answer
+# h2c (curl --http2-prior-knowledge) is shown as n/a.
+# Every config, pid file and log lives in a mktemp -d dir; nginx and haproxy
+# run in the foreground as jobs of this script with their own prefix and pid
+# files (the system's /etc/nginx and default pid files are never used), and
+# everything started here is killed on exit.
+#
+# Scenarios (each prints its own table):
+#   basic   direct, cutover, nginx, haproxy on "/": HTTP/1.1 (wrk) and h2c
+#   large   the same on /large.bin (1 MiB), plus MiB/s
+#   sticky  cutover without / with sticky = { cookie = "cutover" }: new
+#           clients (Set-Cookie on every reply) and clients sending the cookie
+#   routes  cutover with ROUTE_COUNTS host routes (+ a catch-all), Host header
+#           of the route in the middle of the table
+#   reload  cutover while its config is rewritten 10x/s (temp file + mv,
+#           90/10 <-> 10/90) vs. no rewrites; drop and errors
+#   idle    cutover RSS before / with / after IDLE_CONNS idle keep-alive
+#           connections (raises ulimit -n), and per connection
+#
+# Output: ONE table, one row per target and protocol, with the median over
+# rounds of req/s, p50 and p99 latency (wrk; h2load reports no percentiles,
+# so h2c rows show its mean latency in the p50 column, marked "~"), errors
+# (sum over rounds of responses with status >= 400 + socket errors incl.
+# timeouts; for h2c, h2load's failed requests) and peak RSS. Then the ratios
+# A / B for req/s and p99 (basic: Cutover / nginx, / HAProxy, / direct).
+#
+# Peak RSS: before each run the kernel's high-water mark is reset
+# (echo 5 > /proc/PID/clear_refs); after it VmHWM is read from
+# /proc/PID/status and summed over all of the target's processes: nginx =
+# master + its 2 workers, haproxy = its one process (2 threads), cutover =
+# its one process. Shared pages (libc, the binary) count once per process,
+# so nginx's sum is an upper bound. The direct row has no proxy, so no RSS.
+set -euo pipefail
+
+SCENARIO=${SCENARIO:-basic}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+H2_STREAMS=${H2_STREAMS:-1}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+ROUTE_COUNTS=${ROUTE_COUNTS:-1 1000 10000}
+KEEP_TMP=${KEEP_TMP:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CUTOVER_BIN=${CUTOVER_BIN:-}
+TMP=$(mktemp -d /tmp/cutover-e2e.XXXXXX)
+chmod 755 "$TMP"             # nginx workers (www-data) read the backend's files
+RESULTS="$TMP/results.tsv"   # target proto round rps p50 p99 errors MiB/s rss_kb
+NA_FILE="$TMP/na.tsv"        # target proto: rows that could not be measured
+BG_PIDS=()                   # every background process this script started
+LAST_PID=""                  # set by start_bg
+PEAK_NOTE="VmHWM reset before each run"
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- plumbing
+
+# On exit: TERM everything this script started, KILL what is left after 5 s.
+any_alive() {
+  local pid
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
+}
+cleanup() {
+  local pid i
+  for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for ((i = 0; i < 50; i++)); do
+    any_alive "${BG_PIDS[@]}" || break
+    sleep 0.1
+  done
+  for pid in "${BG_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${BG_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Every tool is checked up front; nothing is installed behind your back.
+check_tools() {
+  local -A pkg=([wrk]=wrk [h2load]=nghttp2-client [nginx]=nginx-light
+    [haproxy]=haproxy [curl]=curl [python3]=python3 [cargo]=cargo)
+  local missing=() pkgs=() tool
+  for tool in wrk h2load nginx haproxy curl python3 cargo; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      missing+=("$tool")
+      [[ $tool == cargo ]] || pkgs+=("${pkg[$tool]}")
+    fi
+  done
+  if ((${#missing[@]})); then
+    log "missing tools: ${missing[*]}"
+    ((${#pkgs[@]})) && log "install with: apt-get install -y ${pkgs[*]}"
+    [[ " ${missing[*]} " == *" cargo "* ]] && log "cargo: install a Rust toolchain (rustup)"
+    exit 1
+  fi
+}
+
+# A free 127.0.0.1 TCP port, chosen by the kernel.
+free_port() {
+  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+}
+
+# start_bg LOGFILE CMD...: run CMD as a background job, remember its pid.
+start_bg() {
+  local logfile=$1
+  shift
+  "$@" >"$logfile" 2>&1 &
+  LAST_PID=$!
+  BG_PIDS+=("$LAST_PID")
+}
+
+# wait_http URL PID LOGFILE: wait (30 s at most) until URL answers 2xx.
+wait_http() {
+  local url=$1 pid=$2 logfile=$3 i
+  for ((i = 0; i < 300; i++)); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$logfile" >&2 || true
+      die "process $pid exited before $url answered (log: $logfile)"
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$logfile" >&2 || true
+  die "$url did not answer within 30 s (log: $logfile)"
+}
+
+# speaks_h2c URL: does URL answer HTTP/2 with prior knowledge?
+speaks_h2c() {
+  [[ $(curl -sS -o /dev/null -w '%{http_version}' --http2-prior-knowledge "$1" 2>/dev/null) == 2 ]]
+}
+
+# ---------------------------------------------------------------- build
+
+build_cutover() {
+  if [[ -z $CUTOVER_BIN ]]; then
+    log "building cutover (cargo build --release)"
+    (cd "$ROOT" && cargo build --release) >&2
+    CUTOVER_BIN="$ROOT/target/release/cutover"
+  fi
+  [[ -x $CUTOVER_BIN ]] || die "no cutover binary at $CUTOVER_BIN"
+}
+
+# ---------------------------------------------------------------- servers
+
+# The backend: its own nginx, 1 worker, "ok\n" on / and 1 MiB on /large.bin.
+start_backend() {
+  BACKEND_PORT=$(free_port)
+  BACKEND_H2_PORT=$(free_port)
+  local dir="$TMP/backend"
+  mkdir -p "$dir/www" "$dir/temp"
+  head -c 1048576 /dev/urandom >"$dir/www/large.bin"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $dir/temp;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    listen 127.0.0.1:$BACKEND_H2_PORT http2;
+    root $dir/www;
+    location = / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+  start_bg "$dir/stderr.log" nginx -e "$dir/error.log" -p "$dir/" -c "$dir/nginx.conf"
+  BACKEND_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$BACKEND_PORT/" "$BACKEND_PID" "$dir/error.log"
+  log "backend nginx pid $BACKEND_PID on :$BACKEND_PORT (h2c :$BACKEND_H2_PORT)"
+}
+
+# nginx as the proxy: 2 workers, upstream keep-alive over HTTP/1.1.
+start_nginx_proxy() {
+  NGINX_PORT=$(free_port)
+  NGINX_H2_PORT=$(free_port)
+  local dir="$TMP/nginx"
+  mkdir -p "$dir/temp"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $dir/temp/body;
+  proxy_temp_path $dir/temp/proxy;
+  upstream backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    listen 127.0.0.1:$NGINX_H2_PORT http2;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  start_bg "$dir/stderr.log" nginx -e "$dir/error.log" -p "$dir/" -c "$dir/nginx.conf"
+  NGINX_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID" "$dir/error.log"
+  log "nginx proxy pid $NGINX_PID on :$NGINX_PORT (h2c :$NGINX_H2_PORT)"
+}
+
+# HAProxy as the proxy: 2 threads, server connections reused across clients.
+start_haproxy() {
+  HAPROXY_PORT=$(free_port)
+  HAPROXY_H2_PORT=$(free_port)
+  local dir="$TMP/haproxy"
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND_PORT
+EOF
+  haproxy -c -q -f "$dir/haproxy.cfg" || die "haproxy rejected $dir/haproxy.cfg"
+  # -db: stay in the foreground, one process; -p: our own pid file.
+  start_bg "$dir/haproxy.log" haproxy -db -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
+  HAPROXY_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$HAPROXY_PORT/" "$HAPROXY_PID" "$dir/haproxy.log"
+  log "haproxy pid $HAPROXY_PID on :$HAPROXY_PORT (h2c :$HAPROXY_H2_PORT)"
+}
+
+# write_cutover_config FILE PORT ADMIN_PORT [ROUTE_TOML]: the bench config.
+# ROUTE_TOML (default: one catch-all route "app" at 90/10) replaces [[routes]].
+write_cutover_config() {
+  local file=$1 port=$2 admin=$3
+  local routes=${4:-$'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }'}
+  cat >"$file" <<EOF
+[listen]
+http = "127.0.0.1:$port"
+[admin]
+listen = "127.0.0.1:$admin"
+[backends.blue]
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+[backends.green]
+endpoints = ["127.0.0.1:$BACKEND_PORT"]
+$routes
+EOF
+}
+
+# start_cutover NAME [ROUTE_TOML]: start one cutover instance; sets
+# CUTOVER_PID, CUTOVER_PORT, CUTOVER_ADMIN and CUTOVER_CONFIG.
+start_cutover() {
+  local name=$1 routes=${2:-}
+  local dir="$TMP/$name"
+  mkdir -p "$dir"
+  CUTOVER_PORT=$(free_port)
+  CUTOVER_ADMIN=$(free_port)
+  CUTOVER_CONFIG="$dir/cutover.toml"
+  write_cutover_config "$CUTOVER_CONFIG" "$CUTOVER_PORT" "$CUTOVER_ADMIN" "$routes"
+  "$CUTOVER_BIN" check --config "$CUTOVER_CONFIG" >"$dir/check.log" 2>&1 ||
+    { cat "$dir/check.log" >&2; die "cutover check rejected $CUTOVER_CONFIG"; }
+  start_bg "$dir/cutover.log" "$CUTOVER_BIN" run --config "$CUTOVER_CONFIG"
+  CUTOVER_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$CUTOVER_PORT/" "$CUTOVER_PID" "$dir/cutover.log"
+  log "$name pid $CUTOVER_PID on :$CUTOVER_PORT (admin :$CUTOVER_ADMIN)"
+}
+
+# ---------------------------------------------------------------- memory
+
+# proc_tree PID: PID and its direct children (nginx master + workers).
+proc_tree() {
+  echo "$1"
+  pgrep -P "$1" || true
+}
+
+# reset_peak PID...: reset each process's VmHWM to its current RSS.
+reset_peak() {
+  local pid
+  for pid in "$@"; do
+    if ! { echo 5 >"/proc/$pid/clear_refs"; } 2>/dev/null; then
+      PEAK_NOTE="VmHWM could not be reset: peak since process start"
+    fi
+  done
+}
+
+# peak_rss_kb PID...: sum of VmHWM (kB) over the processes.
+peak_rss_kb() {
+  local pid total=0 kb
+  for pid in "$@"; do
+    kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+# rss_kb PID: current VmRSS (kB).
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- load
+
+# Parse wrk --latency output: "rps p50_ms p99_ms errors MiB/s".
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000
+      if (v ~ /ms$/) return v + 0
+      if (v ~ /s$/) return v * 1000
+      return v + 0
+    }
+    function mib(v) {
+      if (v ~ /GB$/) return v * 1024
+      if (v ~ /MB$/) return v + 0
+      if (v ~ /KB$/) return v / 1024
+      return v / 1048576
+    }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    $1 == "Requests/sec:" { rps = $2 }
+    $1 == "Transfer/sec:" { bw = mib($2) }
+    END { printf "%.2f %.3f %.3f %d %.2f\n", rps, p50, p99, err, bw }
+  ' "$1"
+}
+
+# Parse h2load output: "rps mean_ms - errors MiB/s" (no percentiles).
+parse_h2load() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000
+      if (v ~ /ms$/) return v + 0
+      if (v ~ /s$/) return v * 1000
+      return v + 0
+    }
+    function mib(v) {
+      sub(/\/s$/, "", v)
+      if (v ~ /GB$/) return v * 1024
+      if (v ~ /MB$/) return v + 0
+      if (v ~ /KB$/) return v / 1024
+      return v / 1048576
+    }
+    $1 == "finished" { rps = $4; bw = mib($6) }
+    $1 == "requests:" { err = $10 }
+    /^time for request:/ { mean = ms($6) }
+    END { printf "%.2f %.3f - %d %.2f\n", rps, mean, err, bw }
+  ' "$1"
+}
+
+# bench NAME PROTO ROUND URL PIDS [WRK_ARGS...]: one wrk (h1) or h2load (h2c)
+# run; appends a line to $RESULTS. PIDS is a space-separated list or "-".
+bench() {
+  local name=$1 proto=$2 round=$3 url=$4 pids=$5
+  shift 5
+  local out="$TMP/raw/${name//[^A-Za-z0-9=._-]/_}.$proto.$round.txt" stats rss=-
+  local -a pid_list=()
+  mkdir -p "$TMP/raw"
+  [[ $pids == - ]] || read -r -a pid_list <<<"$pids"
+  ((${#pid_list[@]})) && reset_peak "${pid_list[@]}"
+  if [[ $proto == h1 ]]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$url" >"$out" 2>&1 || true
+    stats=$(parse_wrk "$out")
+  else
+    h2load -t"$THREADS" -c"$CONNS" -m"$H2_STREAMS" -D"$DURATION" "$@" "$url" >"$out" 2>&1 || true
+    stats=$(parse_h2load "$out")
+  fi
+  if ((${#pid_list[@]})); then
+    kill -0 "${pid_list[0]}" 2>/dev/null || die "$name (pid ${pid_list[0]}) died during the run"
+    rss=$(peak_rss_kb "${pid_list[@]}")
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$proto" "$round" "${stats// /$'\t'}" "$rss" >>"$RESULTS"
+  log "round $round $name $proto: $stats rss_kb=$rss"
+}
+
+# ---------------------------------------------------------------- report
+
+# summarize TITLE RATIO...: the table (medians over rounds, errors summed)
+# and the ratios. Each RATIO is "A|B": row A over row B, per protocol.
+# Targets listed in $NA_FILE ("name proto" lines) are shown as n/a.
+summarize() {
+  local title=$1
+  shift
+  python3 - "$RESULTS" "$NA_FILE" "$title" "$PEAK_NOTE" "$SCENARIO" "$@" <<'PY'
+import sys
+from collections import OrderedDict
+from statistics import median
+
+path, na_path, title, peak_note, scenario, *ratios = sys.argv[1:]
+rows = OrderedDict()
+for line in open(path):
+    name, proto, _round, rps, p50, p99, err, mib, rss = line.rstrip("\n").split("\t")
+    r = rows.setdefault((name, proto), {"rps": [], "p50": [], "p99": [], "err": 0, "mib": [], "rss": []})
+    r["rps"].append(float(rps))
+    r["p50"].append(float(p50))
+    if p99 != "-":
+        r["p99"].append(float(p99))
+    r["err"] += int(err)
+    r["mib"].append(float(mib))
+    if rss != "-":
+        r["rss"].append(int(rss))
+# Show h1 rows first, then h2c rows, each in the order the targets ran.
+keys = sorted(rows, key=lambda k: (k[1] != "h1", list(rows).index(k)))
+med = {k: {f: (median(v[f]) if v[f] else None) for f in ("rps", "p50", "p99", "mib", "rss")} for k, v in rows.items()}
+
+show_mib = scenario == "large"
+W = max([len("ratio (A / B)")] + [len(k[0]) for k in rows] + [len(r.replace("|", " / ")) for r in ratios])
+head = f"{'target':<{W}} {'proto':<5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak RSS':>9}"
+if show_mib:
+    head += f" {'MiB/s':>8}"
+print()
+print(title)
+print(head)
+print("-" * len(head))
+for k in keys:
+    m, r = med[k], rows[k]
+    p50 = f"{m['p50']:.3f}" if k[1] == "h1" else f"~{m['p50']:.3f}"
+    p99 = f"{m['p99']:.3f}" if m["p99"] is not None else "n/a"
+    rss = f"{m['rss'] / 1024:.1f}M" if m["rss"] is not None else "-"
+    line = f"{k[0]:<{W}} {k[1]:<5} {m['rps']:>10.0f} {p50:>8} {p99:>8} {r['err']:>7} {rss:>9}"
+    if show_mib:
+        line += f" {m['mib']:>8.1f}"
+    print(line)
+for line in open(na_path):
+    name, proto = line.rstrip("\n").split("\t")
+    print(f"{name:<{W}} {proto:<5} {'n/a':>10}   (does not speak {proto})")
+
+if ratios:
+    print()
+    print(f"{'ratio (A / B)':<{W}} {'proto':<5} {'req/s':>10} {'p99':>8}" + (f" {'MiB/s':>8}" if show_mib else ""))
+    for ratio in ratios:
+        a, b = ratio.split("|")
+        for proto in ("h1", "h2c"):
+            if (a, proto) not in med or (b, proto) not in med:
+                continue
+            ma, mb = med[(a, proto)], med[(b, proto)]
+            rps = f"{ma['rps'] / mb['rps']:.3f}" if mb["rps"] else "n/a"
+            p99 = f"{ma['p99'] / mb['p99']:.3f}" if ma["p99"] and mb["p99"] else "n/a"
+            line = f"{a + ' / ' + b:<{W}} {proto:<5} {rps:>10} {p99:>8}"
+            if show_mib:
+                line += f" {ma['mib'] / mb['mib']:>8.3f}" if mb["mib"] else f" {'n/a':>8}"
+            print(line)
+print()
+print(f"medians over rounds; errors summed over rounds; peak RSS = sum of VmHWM over the target's processes ({peak_note}).")
+if any(k[1] == "h2c" for k in rows):
+    print("h2c rows: h2load gives no percentiles, p50 column shows its mean (~); p99 ratios are h1 only.")
+PY
+}
+
+# run_matrix SPEC...: ROUNDS rounds over the targets, alternating them.
+# SPEC is "name|proto|url|pids|extra wrk/h2load args" (fields may be empty;
+# the extra args are split on spaces and are also valid curl args: -H X:Y).
+run_matrix() {
+  local round spec name proto url pids extra
+  local -a extra_args h2
+  # Preflight: every target must answer 2xx before anything is measured.
+  for spec in "$@"; do
+    IFS='|' read -r name proto url pids extra <<<"$spec"
+    extra_args=()
+    [[ -n $extra ]] && read -r -a extra_args <<<"$extra"
+    h2=()
+    [[ $proto == h2c ]] && h2=(--http2-prior-knowledge)
+    curl -fsS -o /dev/null "${h2[@]}" "${extra_args[@]}" "$url" ||
+      die "$name ($proto) does not answer 2xx on $url"
+  done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for spec in "$@"; do
+      IFS='|' read -r name proto url pids extra <<<"$spec"
+      extra_args=()
+      [[ -n $extra ]] && read -r -a extra_args <<<"$extra"
+      bench "$name" "$proto" "$round" "$url" "${pids:--}" "${extra_args[@]}"
+    done
+  done
+}
+
+# ---------------------------------------------------------------- scenarios
+
+# The three proxies and the direct backend, HTTP/1.1 and (where spoken) h2c.
+scenario_basic() {
+  local path=${1:-/}
+  start_cutover cutover
+  start_nginx_proxy
+  start_haproxy
+  local nginx_pids haproxy_pids
+  nginx_pids=$(proc_tree "$NGINX_PID" | tr '\n' ' ')
+  haproxy_pids=$(proc_tree "$HAPROXY_PID" | tr '\n' ' ')
+  local -a specs=(
+    "direct|h1|http://127.0.0.1:$BACKEND_PORT$path|-|"
+    "cutover|h1|http://127.0.0.1:$CUTOVER_PORT$path|$CUTOVER_PID|"
+    "nginx|h1|http://127.0.0.1:$NGINX_PORT$path|$nginx_pids|"
+    "haproxy|h1|http://127.0.0.1:$HAPROXY_PORT$path|$haproxy_pids|"
+  )
+  if [[ $SCENARIO == basic ]]; then
+    local target name url pids
+    for target in "direct|http://127.0.0.1:$BACKEND_H2_PORT$path|-" \
+      "cutover|http://127.0.0.1:$CUTOVER_PORT$path|$CUTOVER_PID" \
+      "nginx|http://127.0.0.1:$NGINX_H2_PORT$path|$nginx_pids" \
+      "haproxy|http://127.0.0.1:$HAPROXY_H2_PORT$path|$haproxy_pids"; do
+      IFS='|' read -r name url pids <<<"$target"
+      if speaks_h2c "$url"; then
+        specs+=("$name|h2c|$url|$pids|")
+      else
+        log "$name does not speak h2c with prior knowledge on $url: n/a"
+        printf '%s\th2c\n' "$name" >>"$NA_FILE"
+      fi
+    done
+  fi
+  run_matrix "${specs[@]}"
+  summarize "scenario $SCENARIO: $ROUNDS rounds x $DURATION, $CONNS connections, $THREADS threads (h2c: $H2_STREAMS stream/conn)" \
+    "cutover|nginx" "cutover|haproxy" "cutover|direct"
+}
+
+# Sticky sessions: a first visit (no cookie, Set-Cookie each time) and a
+# returning client (sends the cookie it was given), vs plain cutover.
+scenario_sticky() {
+  start_cutover cutover
+  local plain_port=$CUTOVER_PORT plain_pid=$CUTOVER_PID
+  start_cutover cutover-sticky $'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }\nsticky = { cookie = "cutover" }'
+  local url="http://127.0.0.1:$CUTOVER_PORT/" cookie
+  cookie=$(curl -fsS -o /dev/null -D - "$url" | tr -d '\r' |
+    awk -F': ' 'tolower($1) == "set-cookie" && $2 ~ /^cutover=/ { split($2, a, ";"); print a[1]; exit }')
+  [[ -n $cookie ]] || die "sticky route sent no cutover= Set-Cookie"
+  log "sticky cookie: $cookie"
+  run_matrix \
+    "direct|h1|http://127.0.0.1:$BACKEND_PORT/|-|" \
+    "cutover|h1|http://127.0.0.1:$plain_port/|$plain_pid|" \
+    "cutover sticky, new client|h1|$url|$CUTOVER_PID|" \
+    "cutover sticky, cookie sent|h1|$url|$CUTOVER_PID|-H Cookie:$cookie"
+  summarize "scenario sticky: 90/10 with sticky = { cookie = \"cutover\" }, $ROUNDS rounds x $DURATION, $CONNS connections" \
+    "cutover sticky, new client|cutover" "cutover sticky, cookie sent|cutover" "cutover|direct"
+}
+
+# Route-table size: N host routes plus a catch-all; the request hits the
+# host route in the middle of the table.
+scenario_routes() {
+  local n i routes file specs=("direct|h1|http://127.0.0.1:$BACKEND_PORT/|-|") ratios=()
+  for n in $ROUTE_COUNTS; do
+    file="$TMP/routes-$n.toml"
+    for ((i = 1; i <= n; i++)); do
+      printf '[[routes]]\nname = "r%d"\nhost = "h%d.example.com"\nweights = { blue = 90, green = 10 }\n' "$i" "$i"
+    done >"$file"
+    printf '[[routes]]\nname = "catch-all"\nweights = { blue = 90, green = 10 }\n' >>"$file"
+    routes=$(<"$file")
+    start_cutover "cutover-routes-$n" "$routes"
+    # One wrk argument: a space would split it in run_matrix.
+    specs+=("routes=$n|h1|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID|-H Host:h$(((n + 1) / 2)).example.com")
+    [[ $n == "${ROUTE_COUNTS%% *}" ]] || ratios+=("routes=$n|routes=${ROUTE_COUNTS%% *}")
+  done
+  run_matrix "${specs[@]}"
+  summarize "scenario routes: N host routes + catch-all, Host = route N/2, $ROUNDS rounds x $DURATION, $CONNS connections" \
+    "${ratios[@]}"
+}
+
+# reload_writer FILE PORT ADMIN: rewrite FILE 10 times a second, alternating
+# 90/10 and 10/90, by write-to-temp + mv (atomic replace). Counts in FILE.count.
+reload_writer() {
+  local file=$1 port=$2 admin=$3 i=0 routes
+  while :; do
+    if ((i % 2)); then
+      routes=$'[[routes]]\nname = "app"\nweights = { blue = 10, green = 90 }'
+    else
+      routes=$'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }'
+    fi
+    write_cutover_config "$file.tmp" "$port" "$admin" "$routes"
+    mv -f "$file.tmp" "$file"
+    echo >>"$file.count"
+    i=$((i + 1))
+    sleep 0.1
+  done
+}
+
+# Config reloads under load: the same cutover with and without a rewrite of
+# its config file 10 times a second.
+scenario_reload() {
+  start_cutover cutover
+  local url="http://127.0.0.1:$CUTOVER_PORT/" round writer rewrites=0
+  for ((round = 1; round <= ROUNDS; round++)); do
+    bench "no reload" h1 "$round" "$url" "$CUTOVER_PID"
+    : >"$CUTOVER_CONFIG.count"
+    reload_writer "$CUTOVER_CONFIG" "$CUTOVER_PORT" "$CUTOVER_ADMIN" &
+    writer=$!
+    BG_PIDS+=("$writer")
+    bench "reload 10/s" h1 "$round" "$url" "$CUTOVER_PID"
+    kill "$writer"
+    wait "$writer" 2>/dev/null || true
+    rewrites=$((rewrites + $(wc -l <"$CUTOVER_CONFIG.count")))
+  done
+  summarize "scenario reload: config rewritten 10x/s (90/10 <-> 10/90, temp + mv), $ROUNDS rounds x $DURATION, $CONNS connections" \
+    "reload 10/s|no reload"
+  echo "config file rewrites during the reload runs: $rewrites in all"
+  echo "cutover reload metrics (admin /metrics, lines matching 'reload'):"
+  curl -fsS "http://127.0.0.1:$CUTOVER_ADMIN/metrics" 2>/dev/null | grep -i reload | grep -v '^#' ||
+    echo "  (admin /metrics unreachable or no reload metric)"
+}
+
+# Idle keep-alive connections: cutover's RSS before, with IDLE_CONNS open
+# connections (one request each, then idle), and after they close.
+scenario_idle() {
+  local want=$((IDLE_CONNS + 1024))
+  if (($(ulimit -n) < want)); then
+    ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  fi
+  (($(ulimit -n) >= want)) || log "warning: ulimit -n is $(ulimit -n), below $want"
+  start_cutover cutover
+  curl -fsS -o /dev/null "http://127.0.0.1:$CUTOVER_PORT/"
+  sleep 1
+  local before during after peak ready="$TMP/idle.ready" client open
+  before=$(rss_kb "$CUTOVER_PID")
+  cat >"$TMP/idle.py" <<'PY'
+# Open N keep-alive connections, send one GET each, read the reply, hold.
+import asyncio, sys
+
+host, port, n, ready = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+async def one(conns):
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        w.write(REQ)
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await asyncio.wait_for(r.readexactly(length), 10)
+        conns.append(w)
+        return head.startswith(b"HTTP/1.1 2")
+    except Exception:
+        return False
+
+async def main():
+    conns, ok = [], 0
+    for start in range(0, n, 500):  # batches: stay under the accept backlog
+        ok += sum(await asyncio.gather(*(one(conns) for _ in range(start, min(n, start + 500)))))
+    with open(ready, "w") as f:
+        f.write(f"{ok} {len(conns)}\n")
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+PY
+  start_bg "$TMP/idle.log" python3 "$TMP/idle.py" 127.0.0.1 "$CUTOVER_PORT" "$IDLE_CONNS" "$ready"
+  client=$LAST_PID
+  local i
+  for ((i = 0; i < 1200; i++)); do
+    [[ -s $ready ]] && break
+    kill -0 "$client" 2>/dev/null || { cat "$TMP/idle.log" >&2; die "idle client died"; }
+    sleep 0.1
+  done
+  [[ -s $ready ]] || die "idle client did not finish opening connections in 120 s"
+  sleep 2
+  during=$(rss_kb "$CUTOVER_PID")
+  peak=$(peak_rss_kb "$CUTOVER_PID")
+  open=$(ss -Htn state established "( sport = :$CUTOVER_PORT )" | wc -l)
+  kill "$client"
+  wait "$client" 2>/dev/null || true
+  sleep 2
+  after=$(rss_kb "$CUTOVER_PID")
+  local ok held
+  read -r ok held <"$ready"
+  echo
+  echo "scenario idle: $IDLE_CONNS keep-alive connections to cutover, one GET each, then idle"
+  printf '%-40s %s\n' \
+    "requests answered 2xx" "$ok / $IDLE_CONNS" \
+    "connections held open by the client" "$held" \
+    "established at cutover's port (ss)" "$open" \
+    "cutover RSS before" "$((before / 1024)) MiB ($before kB)" \
+    "cutover RSS with idle connections" "$((during / 1024)) MiB ($during kB)" \
+    "cutover peak RSS (VmHWM)" "$((peak / 1024)) MiB ($peak kB)" \
+    "cutover RSS after they closed (2 s)" "$((after / 1024)) MiB ($after kB)"
+  if ((held > 0)); then
+    printf '%-40s %s\n' "RSS per idle connection" \
+      "$(awk -v d="$((during - before))" -v n="$held" 'BEGIN { printf "%.2f KiB", d / n }')"
+  fi
+}
+
+# Large bodies: 1 MiB from the backend through each proxy, MiB/s.
+scenario_large() {
+  scenario_basic /large.bin
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+  case $SCENARIO in
+    basic | sticky | routes | reload | idle | large) ;;
+    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large)" ;;
+  esac
+  check_tools
+  build_cutover
+  : >"$RESULTS"
+  : >"$NA_FILE"
+  log "temp dir $TMP; scenario $SCENARIO"
+  start_backend
+  "scenario_$SCENARIO"
+}
+
+main "$@"

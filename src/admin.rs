@@ -1,0 +1,187 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/admin/state`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::core::Collector;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::routing::RoutingTable;
+
+pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if app.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        "/readyz" => text(StatusCode::OK, "ready\n".into()),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, app.metrics().render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/admin/state" => {
+            let body = serde_json::to_string_pretty(&state(app)).unwrap_or_default();
+            let mut r = text(StatusCode::OK, body + "\n");
+            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz /readyz /metrics /admin/state\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The JSON document of `/admin/state`.
+pub fn state(app: &App) -> Value {
+    let table = app.shared.table.load_full();
+    let counts = request_counts(app);
+    let loaded_at = table.source.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    json!({
+        "config": {
+            "path": table.source.path.display().to_string(),
+            "sha256": table.source.sha256,
+            "loaded_at_unix": loaded_at.as_secs_f64(),
+            "generation": table.generation,
+            "last_reload_error": app.last_error(),
+        },
+        "draining": app.is_draining(),
+        "routes": routes(&table, &counts),
+    })
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    requests: u64,
+    errors_5xx: u64,
+}
+
+/// Sums `cutover_requests_total` by (route, backend), overrides included.
+fn request_counts(app: &App) -> HashMap<(String, String), Counts> {
+    let mut out: HashMap<(String, String), Counts> = HashMap::new();
+    for family in app.metrics().requests_family().collect() {
+        for m in family.get_metric() {
+            let label = |name: &str| {
+                m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned()).unwrap_or_default()
+            };
+            let n = m.get_counter().value() as u64;
+            let c = out.entry((label("route"), label("backend"))).or_default();
+            c.requests += n;
+            if label("code").starts_with('5') {
+                c.errors_5xx += n;
+            }
+        }
+    }
+    out
+}
+
+fn routes(table: &RoutingTable, counts: &HashMap<(String, String), Counts>) -> Vec<Value> {
+    table
+        .routes
+        .iter()
+        .map(|r| {
+            let backends: Vec<Value> = r
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let c = counts.get(&(r.name.to_string(), b.backend.name.to_string())).copied().unwrap_or_default();
+                    let (start, end) = r.split.range(i);
+                    let h = b.metrics.duration();
+                    json!({
+                        "name": &*b.backend.name,
+                        "weight": b.weight,
+                        "buckets": [start, end],
+                        "requests": c.requests,
+                        "errors_5xx": c.errors_5xx,
+                        "error_rate": if c.requests > 0 { c.errors_5xx as f64 / c.requests as f64 } else { 0.0 },
+                        "latency_seconds": {
+                            "p50": quantile(h, 0.5),
+                            "p90": quantile(h, 0.9),
+                            "p99": quantile(h, 0.99),
+                        },
+                        "endpoints": b.backend.endpoints.iter().map(|e| json!({
+                            "address": &*e.label,
+                            "available": e.is_available(),
+                            "in_flight": e.in_flight(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*r.name,
+                "host": if r.host.is_empty() { None } else { Some(&r.host) },
+                "path_prefix": r.path_prefix,
+                "sticky": r.sticky.is_some(),
+                "drain": r.drain,
+                "backends": backends,
+            })
+        })
+        .collect()
+}
+
+/// A quantile estimated from histogram buckets the way Prometheus'
+/// `histogram_quantile` does: linear interpolation inside the bucket.
+/// `None` before the first observation.
+pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
+    let metrics = h.collect();
+    let hist = metrics.first()?.get_metric().first()?.get_histogram().clone();
+    let total = hist.get_sample_count();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut prev_bound = 0.0;
+    let mut prev_count = 0u64;
+    for b in hist.get_bucket() {
+        let count = b.cumulative_count();
+        if count as f64 >= rank {
+            let in_bucket = (count - prev_count) as f64;
+            let frac = if in_bucket > 0.0 { (rank - prev_count as f64) / in_bucket } else { 1.0 };
+            return Some(prev_bound + (b.upper_bound() - prev_bound) * frac);
+        }
+        prev_bound = b.upper_bound();
+        prev_count = count;
+    }
+    // Above the highest bucket: Prometheus answers its upper bound.
+    Some(prev_bound)
+}

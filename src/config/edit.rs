@@ -1,0 +1,161 @@
+//! `cutover set` and `cutover rollback`: edit the weights in a config file
+//! without disturbing anything else (comments, order, formatting), validate
+//! the result with the same code as `cutover check`, and replace the file
+//! atomically. Edits are serialized by an exclusive lock on the file's
+//! directory, so two concurrent edits cannot lose one another.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use toml_edit::{DocumentMut, Item, TableLike, Value};
+
+/// What to do to the weights of the selected routes.
+pub enum Edit<'a> {
+    /// Set these backends' weights; others keep theirs.
+    Set(&'a [(String, u32)]),
+    /// Give `to` all the weight (100) and every other backend 0.
+    Rollback { to: &'a str },
+}
+
+/// Applies `edit` to `route` (or every route) of the file at `path` and
+/// returns one line per changed route describing the change.
+pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result<Vec<String>> {
+    // Edit the symlink's target in place of the link, so the link survives.
+    let target = fs::canonicalize(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let dir = target.parent().context("config file has no directory")?.to_path_buf();
+    let lock = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", dir.display()))?;
+
+    let before = fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
+    let mut doc: DocumentMut = before
+        .parse()
+        .map_err(|e: toml_edit::TomlError| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let changes = edit_routes(&mut doc, route, &edit)?;
+    let after = doc.to_string();
+    // The same validation as `cutover check`, against the file's own
+    // directory for relative secret files.
+    super::parse(&target, &after).map_err(|e| anyhow::anyhow!("the edited config would be invalid; file left unchanged:\n{e}"))?;
+    if after != before {
+        write_atomically(&target, &dir, after.as_bytes())?;
+    }
+    Ok(changes)
+}
+
+fn edit_routes(doc: &mut DocumentMut, only: Option<&str>, edit: &Edit<'_>) -> anyhow::Result<Vec<String>> {
+    let Some(routes) = doc.get_mut("routes") else {
+        bail!("the config has no [[routes]]");
+    };
+    let tables: Vec<&mut dyn TableLike> = match routes {
+        Item::ArrayOfTables(a) => a.iter_mut().map(|t| t as &mut dyn TableLike).collect(),
+        Item::Value(Value::Array(a)) => a
+            .iter_mut()
+            .filter_map(|v| v.as_inline_table_mut().map(|t| t as &mut dyn TableLike))
+            .collect(),
+        _ => bail!("`routes` is not an array of tables"),
+    };
+    let mut changes = Vec::new();
+    let mut matched = false;
+    for table in tables {
+        let name = table.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        matched = true;
+        let Some(weights) = table.get_mut("weights").and_then(|w| w.as_table_like_mut()) else {
+            bail!("route \"{name}\" has no weights table");
+        };
+        let old: Vec<(String, i64)> = weights.iter().map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0))).collect();
+        match edit {
+            Edit::Set(pairs) => {
+                for (backend, w) in pairs.iter() {
+                    set_weight(weights, backend, i64::from(*w));
+                }
+            }
+            Edit::Rollback { to } => {
+                if !old.iter().any(|(k, _)| k == to) {
+                    bail!("route \"{name}\" has no backend \"{to}\" in its weights");
+                }
+                for (backend, _) in &old {
+                    set_weight(weights, backend, if backend == to { 100 } else { 0 });
+                }
+            }
+        }
+        let new: Vec<(String, i64)> = weights.iter().map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0))).collect();
+        changes.push(describe(&name, &old, &new));
+    }
+    if !matched {
+        bail!("no route named \"{}\"", only.unwrap_or_default());
+    }
+    Ok(changes)
+}
+
+/// Replaces a weight's value, keeping the whitespace and comments around it.
+fn set_weight(weights: &mut dyn TableLike, backend: &str, w: i64) {
+    match weights.get_mut(backend).and_then(|i| i.as_value_mut()) {
+        Some(v) => {
+            let decor = v.decor().clone();
+            *v = Value::from(w);
+            *v.decor_mut() = decor;
+        }
+        None => {
+            weights.insert(backend, toml_edit::value(w));
+        }
+    }
+}
+
+/// "app: blue 90 -> 50, green 10 -> 50".
+fn describe(route: &str, old: &[(String, i64)], new: &[(String, i64)]) -> String {
+    let parts: Vec<String> = new
+        .iter()
+        .map(|(k, n)| match old.iter().find(|(o, _)| o == k) {
+            Some((_, o)) if o != n => format!("{k} {o} -> {n}"),
+            Some(_) => format!("{k} {n}"),
+            None => format!("{k} (new) {n}"),
+        })
+        .collect();
+    format!("{route}: {}", parts.join(", "))
+}
+
+/// Temp file in the same directory, fsync, keep permissions, rename over,
+/// fsync the directory.
+fn write_atomically(target: &Path, dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let perms = fs::metadata(target)?.permissions();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cutover-edit-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    fs::set_permissions(tmp.path(), perms)?;
+    let target: PathBuf = target.to_path_buf();
+    tmp.persist(&target).with_context(|| format!("cannot replace {}", target.display()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "[[routes]]\nname = \"app\" # the app\nweights = { blue = 90, green = 10 } # canary\n\n[[routes]]\nname = \"api\"\n[routes.weights]\nblue = 1 # one\ngreen = 0\n";
+
+    #[test]
+    fn set_keeps_comments_and_layout() {
+        let mut doc: DocumentMut = TEXT.parse().unwrap();
+        let pairs = [("blue".to_owned(), 50), ("green".to_owned(), 50)];
+        let changes = edit_routes(&mut doc, Some("app"), &Edit::Set(&pairs)).unwrap();
+        assert_eq!(changes, ["app: blue 90 -> 50, green 10 -> 50"]);
+        assert_eq!(doc.to_string(), TEXT.replace("blue = 90, green = 10", "blue = 50, green = 50"));
+    }
+
+    #[test]
+    fn rollback_every_route() {
+        let mut doc: DocumentMut = TEXT.parse().unwrap();
+        let changes = edit_routes(&mut doc, None, &Edit::Rollback { to: "blue" }).unwrap();
+        assert_eq!(changes, ["app: blue 90 -> 100, green 10 -> 0", "api: blue 1 -> 100, green 0"]);
+        assert!(doc.to_string().contains("blue = 100 # one\n"));
+        assert!(edit_routes(&mut doc, Some("nope"), &Edit::Rollback { to: "blue" }).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Configuration: the raw file model (`raw`), its validation into [`Config`]
+//! (`validate`), errors that point at `file:line:col` (`error`), the file
+//! watcher for hot reload (`watch`) and the safe editor behind `cutover set`
+//! and `cutover rollback` (`edit`).
+
+mod error;
+mod raw;
+mod validate;
+
+pub mod edit;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme};
+
+pub use error::{ConfigError, Diagnostic};
+pub use validate::parse_endpoint;
+
+/// A validated configuration: everything parsed, nothing left to check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Worker threads (one runtime and one listener socket each).
+    pub workers: usize,
+    pub metric_buckets: Vec<f64>,
+    /// Sorted by name.
+    pub backends: Vec<BackendSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub connect: Duration,
+    pub request: Duration,
+    pub idle: Duration,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    pub name: String,
+    pub endpoints: Vec<EndpointSpec>,
+    pub balance: Balance,
+}
+
+/// One upstream address, `http://host:port` once parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl std::fmt::Display for EndpointSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// How a backend spreads requests over its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Power of two random choices on in-flight requests.
+    P2c,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    /// (backend name, weight), sorted by backend name.
+    pub weights: Vec<(String, u32)>,
+    pub sticky: Option<StickySpec>,
+    pub overrides: Option<OverrideSpec>,
+    pub drain: bool,
+    pub expose_backend_header: bool,
+}
+
+/// Which `Host` a route answers; the port is ignored and case folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com`, stored as `example.com`: matches any deeper name.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StickySpec {
+    pub cookie: Option<String>,
+    pub max_age: Option<Duration>,
+    pub header: Option<HeaderName>,
+    pub hash_seed: u64,
+    pub secret: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OverrideSpec {
+    pub header: Option<HeaderName>,
+    pub cookie: Option<String>,
+    pub token: Option<String>,
+}
+
+/// A config as loaded from disk, with what `/admin/state` reports about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse(path, &text)?;
+    Ok(Loaded {
+        config,
+        path: path.to_path_buf(),
+        sha256: sha256_hex(text.as_bytes()),
+    })
+}
+
+/// Parses and validates config text; `path` names it in errors and anchors
+/// relative `*_file` paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    validate::parse(path, text)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

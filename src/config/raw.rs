@@ -1,0 +1,118 @@
+//! The configuration file exactly as written: serde structs, no validation.
+//!
+//! Every leaf that validation may reject is `Spanned`, so an error can point at
+//! `file:line:col`. `validate.rs` turns this into the runtime [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type Str = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    pub backends: Spanned<BTreeMap<Str, RawBackend>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub http: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Str,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub header_read: Option<Str>,
+    pub connect: Option<Str>,
+    pub request: Option<Str>,
+    pub idle: Option<Str>,
+    pub drain: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub workers: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub buckets: Option<Spanned<Vec<f64>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub endpoints: Spanned<Vec<Str>>,
+    pub balance: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Str,
+    pub host: Option<Str>,
+    pub path_prefix: Option<Str>,
+    pub weights: Spanned<BTreeMap<Str, Spanned<i64>>>,
+    pub sticky: Option<Spanned<RawSticky>>,
+    #[serde(rename = "override")]
+    pub overrides: Option<Spanned<RawOverride>>,
+    #[serde(default)]
+    pub drain: bool,
+    #[serde(default)]
+    pub expose_backend_header: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<Str>,
+    pub max_age: Option<Str>,
+    pub header: Option<Str>,
+    pub hash_seed: Option<Spanned<i64>>,
+    pub secret: Option<Str>,
+    pub secret_file: Option<Str>,
+    pub secret_env: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub header: Option<Str>,
+    pub cookie: Option<Str>,
+    pub token: Option<Str>,
+    pub token_file: Option<Str>,
+    pub token_env: Option<Str>,
+}

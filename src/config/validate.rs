@@ -1,0 +1,440 @@
+//! Turns a [`RawConfig`] into a [`Config`], collecting every problem with its
+//! location instead of stopping at the first.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme};
+use toml::Spanned;
+
+use super::raw::{RawBackend, RawConfig, RawOverride, RawRoute, RawSticky, Str};
+use super::{
+    Balance, BackendSpec, Config, ConfigError, Diagnostic, EndpointSpec, HostMatch, Limits,
+    OverrideSpec, RouteSpec, StickySpec, Timeouts,
+};
+
+const DEFAULT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        ConfigError::Invalid(vec![Diagnostic::at(&file, text, offset, e.message().trim().to_owned())])
+    })?;
+    let mut v = Validator {
+        file,
+        text,
+        dir: path.parent().unwrap_or(Path::new(".")),
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    file: String,
+    text: &'a str,
+    /// Relative `*_file` paths are read from the config file's directory.
+    dir: &'a Path,
+    errors: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: String) {
+        let d = Diagnostic::at(&self.file, self.text, at.span().start, message);
+        self.errors.push(d);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let listen_http = raw.listen.http.as_ref().and_then(|a| self.socket_addr("listen.http", a));
+        if raw.listen.http.is_none() {
+            self.errors.push(Diagnostic::at(
+                &self.file,
+                self.text,
+                0,
+                "listen: `http` is required".to_owned(),
+            ));
+        }
+        let admin = raw.admin.as_ref().and_then(|a| self.socket_addr("admin.listen", &a.listen));
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            header_read: self.duration("timeouts.header_read", &t.header_read, 10),
+            connect: self.duration("timeouts.connect", &t.connect, 1),
+            request: self.duration("timeouts.request", &t.request, 60),
+            idle: self.duration("timeouts.idle", &t.idle, 60),
+            drain: self.duration("timeouts.drain", &t.drain, 30),
+        };
+        let l = &raw.limits;
+        let limits = Limits {
+            max_header_bytes: self.int("limits.max_header_bytes", &l.max_header_bytes, 65536, 8192, 16 << 20),
+            max_headers: self.int("limits.max_headers", &l.max_headers, 100, 1, 10_000),
+            max_connections: self.int("limits.max_connections", &l.max_connections, 10_000, 1, 10_000_000),
+            max_concurrent_streams: self.int("limits.max_concurrent_streams", &l.max_concurrent_streams, 200, 1, 100_000) as u32,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match &raw.server.workers {
+            Some(w) if *w.get_ref() == 0 => cores,
+            _ => self.int("server.workers", &raw.server.workers, cores, 1, 1024),
+        };
+        let metric_buckets = match &raw.metrics.buckets {
+            None => DEFAULT_BUCKETS.to_vec(),
+            Some(b) => {
+                let ok = !b.get_ref().is_empty()
+                    && b.get_ref().windows(2).all(|w| w[0] < w[1])
+                    && b.get_ref().iter().all(|x| x.is_finite() && *x > 0.0);
+                if !ok {
+                    self.error(b, "metrics.buckets: must be positive and strictly increasing".into());
+                }
+                b.get_ref().clone()
+            }
+        };
+        let backends: Vec<BackendSpec> = raw
+            .backends
+            .get_ref()
+            .iter()
+            .map(|(name, b)| self.backend(name, b))
+            .collect();
+        if backends.is_empty() {
+            self.error(&raw.backends, "backends: at least one backend is required".into());
+        }
+        let known: BTreeSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        let mut names = HashSet::new();
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            if !names.insert(r.get_ref().name.get_ref().clone()) {
+                let n = &r.get_ref().name;
+                self.error(n, format!("routes[{i}].name: duplicate route name \"{}\"", n.get_ref()));
+            }
+            routes.push(self.route(i, r.get_ref(), &known));
+        }
+        Config {
+            listen_http,
+            admin,
+            timeouts,
+            limits,
+            workers,
+            metric_buckets,
+            backends,
+            routes,
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, s: &Str) -> Option<SocketAddr> {
+        match s.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(s, format!("{key}: \"{}\" is not an ip:port address", s.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, s: &Option<Str>, default_secs: u64) -> Duration {
+        let Some(s) = s else {
+            return Duration::from_secs(default_secs);
+        };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(s, format!("{key}: must be greater than zero"));
+                Duration::from_secs(default_secs)
+            }
+            Err(e) => {
+                self.error(s, format!("{key}: \"{}\" is not a duration like \"250ms\" or \"5s\" ({e})", s.get_ref()));
+                Duration::from_secs(default_secs)
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, v: &Option<Spanned<i64>>, default: usize, min: i64, max: i64) -> usize {
+        match v {
+            None => default,
+            Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.error(n, format!("{key}: {} is out of range {min}..={max}", n.get_ref()));
+                default
+            }
+        }
+    }
+
+    fn backend(&mut self, name: &Str, raw: &RawBackend) -> BackendSpec {
+        let key = format!("backends.{}", name.get_ref());
+        if !valid_name(name.get_ref()) {
+            self.error(name, format!("{key}: a backend name uses only letters, digits, '-' and '_'"));
+        }
+        if raw.endpoints.get_ref().is_empty() {
+            self.error(&raw.endpoints, format!("{key}.endpoints: at least one endpoint is required"));
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in raw.endpoints.get_ref().iter().enumerate() {
+            match parse_endpoint(e.get_ref()) {
+                Ok(ep) if endpoints.contains(&ep) => {
+                    self.error(e, format!("{key}.endpoints[{i}]: \"{}\" is listed twice", e.get_ref()));
+                }
+                Ok(ep) => endpoints.push(ep),
+                Err(why) => self.error(e, format!("{key}.endpoints[{i}]: \"{}\" {why}", e.get_ref())),
+            }
+        }
+        let balance = match raw.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
+            None | Some((_, "round_robin")) => Balance::RoundRobin,
+            Some((_, "p2c")) => Balance::P2c,
+            Some((b, other)) => {
+                self.error(b, format!("{key}.balance: \"{other}\" is not one of round_robin, p2c"));
+                Balance::RoundRobin
+            }
+        };
+        BackendSpec {
+            name: name.get_ref().clone(),
+            endpoints,
+            balance,
+        }
+    }
+
+    fn route(&mut self, i: usize, r: &RawRoute, known: &BTreeSet<&str>) -> RouteSpec {
+        let key = format!("routes[{i}]");
+        if !valid_name(r.name.get_ref()) {
+            self.error(&r.name, format!("{key}.name: a route name uses only letters, digits, '-' and '_'"));
+        }
+        let host = match &r.host {
+            None => HostMatch::Any,
+            Some(h) => self.host(&key, h),
+        };
+        let path_prefix = match &r.path_prefix {
+            None => "/".to_owned(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.error(p, format!("{key}.path_prefix: \"{}\" must start with '/'", p.get_ref()));
+                "/".to_owned()
+            }
+        };
+        let known_list = known.iter().copied().collect::<Vec<_>>().join(", ");
+        let mut weights = Vec::new();
+        for (backend, w) in r.weights.get_ref() {
+            if !known.contains(backend.get_ref().as_str()) {
+                self.error(
+                    backend,
+                    format!("{key}.weights: backend \"{}\" is not defined (known: {known_list})", backend.get_ref()),
+                );
+            } else if !(0..=1_000_000).contains(w.get_ref()) {
+                self.error(w, format!("{key}.weights.{}: {} is out of range 0..=1000000", backend.get_ref(), w.get_ref()));
+            } else {
+                weights.push((backend.get_ref().clone(), *w.get_ref() as u32));
+            }
+        }
+        if r.weights.get_ref().values().all(|w| *w.get_ref() <= 0) {
+            self.error(&r.weights, format!("{key}.weights: at least one backend needs a positive weight"));
+        }
+        let sticky = r.sticky.as_ref().map(|s| self.sticky(&key, s));
+        let overrides = r.overrides.as_ref().map(|o| self.overrides(&key, o));
+        RouteSpec {
+            name: r.name.get_ref().clone(),
+            host,
+            path_prefix,
+            weights,
+            sticky,
+            overrides,
+            drain: r.drain,
+            expose_backend_header: r.expose_backend_header,
+        }
+    }
+
+    fn host(&mut self, key: &str, h: &Str) -> HostMatch {
+        let lower = h.get_ref().to_ascii_lowercase();
+        let (suffix, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !valid {
+            self.error(h, format!("{key}.host: \"{}\" is not a host name or \"*.suffix\" wildcard", h.get_ref()));
+        }
+        if suffix {
+            HostMatch::Suffix(name.to_owned())
+        } else {
+            HostMatch::Exact(name.to_owned())
+        }
+    }
+
+    fn sticky(&mut self, key: &str, s: &Spanned<RawSticky>) -> StickySpec {
+        let raw = s.get_ref();
+        if raw.cookie.is_none() && raw.header.is_none() {
+            self.error(s, format!("{key}.sticky: set `cookie`, `header`, or both"));
+        }
+        let cookie = raw.cookie.as_ref().map(|c| self.cookie_name(&format!("{key}.sticky.cookie"), c));
+        let header = raw.header.as_ref().and_then(|h| self.header_name(&format!("{key}.sticky.header"), h));
+        let max_age = raw.max_age.as_ref().map(|_| self.duration(&format!("{key}.sticky.max_age"), &raw.max_age, 0));
+        let hash_seed = raw.hash_seed.as_ref().map_or(0, |n| *n.get_ref() as u64);
+        let secret = self.secret(&format!("{key}.sticky"), s, &raw.secret, &raw.secret_file, &raw.secret_env, "secret");
+        StickySpec {
+            cookie,
+            max_age,
+            header,
+            hash_seed,
+            secret: secret.map(String::into_bytes),
+        }
+    }
+
+    fn overrides(&mut self, key: &str, o: &Spanned<RawOverride>) -> OverrideSpec {
+        let raw = o.get_ref();
+        let header = raw.header.as_ref().and_then(|h| self.header_name(&format!("{key}.override.header"), h));
+        let cookie = raw.cookie.as_ref().map(|c| self.cookie_name(&format!("{key}.override.cookie"), c));
+        let token = self.secret(&format!("{key}.override"), o, &raw.token, &raw.token_file, &raw.token_env, "token");
+        OverrideSpec { header, cookie, token }
+    }
+
+    /// Reads a secret given inline, as `<what>_file`, or as `<what>_env`.
+    fn secret<T>(
+        &mut self,
+        key: &str,
+        at: &Spanned<T>,
+        inline: &Option<Str>,
+        file: &Option<Str>,
+        env: &Option<Str>,
+        what: &str,
+    ) -> Option<String> {
+        let given = [inline.is_some(), file.is_some(), env.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            self.error(at, format!("{key}: set only one of {what}, {what}_file, {what}_env"));
+            return None;
+        }
+        let (value, from) = if let Some(s) = inline {
+            (Some(s.get_ref().clone()), s)
+        } else if let Some(f) = file {
+            let path = self.dir.join(f.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(text) => (Some(text.trim_end_matches(['\n', '\r']).to_owned()), f),
+                Err(e) => {
+                    self.error(f, format!("{key}.{what}_file: cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            }
+        } else if let Some(name) = env {
+            match std::env::var(name.get_ref()) {
+                Ok(v) => (Some(v), name),
+                Err(_) => {
+                    self.error(name, format!("{key}.{what}_env: environment variable {} is not set", name.get_ref()));
+                    return None;
+                }
+            }
+        } else {
+            return None;
+        };
+        if value.as_deref().is_some_and(str::is_empty) {
+            self.error(from, format!("{key}.{what}: must not be empty"));
+            return None;
+        }
+        value
+    }
+
+    fn header_name(&mut self, key: &str, h: &Str) -> Option<HeaderName> {
+        match HeaderName::try_from(h.get_ref().as_str()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(h, format!("{key}: \"{}\" is not a valid header name", h.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn cookie_name(&mut self, key: &str, c: &Str) -> String {
+        // RFC 6265 §4.1.1: a cookie name is an RFC 9110 token.
+        let ok = !c.get_ref().is_empty() && c.get_ref().bytes().all(is_token_byte);
+        if !ok {
+            self.error(c, format!("{key}: \"{}\" is not a valid cookie name", c.get_ref()));
+        }
+        c.get_ref().clone()
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parses `host:port`, `http://host:port` (port defaults to 80) or
+/// `https://host:port` (port defaults to 443).
+pub fn parse_endpoint(s: &str) -> Result<EndpointSpec, &'static str> {
+    let (scheme, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (Scheme::HTTP, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (Scheme::HTTPS, r)
+    } else if s.contains("://") {
+        return Err("has an unsupported scheme (use http:// or https://)");
+    } else {
+        (Scheme::HTTP, s)
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('@') || rest.is_empty() {
+        return Err("is not host:port");
+    }
+    let authority: Authority = rest.parse().map_err(|_| "is not host:port")?;
+    let has_port = authority.port_u16().is_some();
+    if !has_port && !s.contains("://") {
+        return Err("needs a port (host:port)");
+    }
+    if authority.port_u16() == Some(0) {
+        return Err("has port 0");
+    }
+    Ok(EndpointSpec { scheme, authority })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> String {
+        parse(Path::new("c.toml"), text).unwrap_err().to_string()
+    }
+
+    const BASE: &str = "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.blue]\nendpoints = [\"127.0.0.1:1\"]\n[backends.green]\nendpoints = [\"127.0.0.1:2\"]\n";
+
+    #[test]
+    fn unknown_backend_points_at_the_key() {
+        let text = format!("{BASE}[[routes]]\nname = \"app\"\nweights = {{ blue = 1, gren = 2 }}\n");
+        let e = errors(&text);
+        assert_eq!(
+            e,
+            "c.toml:9:23: routes[0].weights: backend \"gren\" is not defined (known: blue, green)"
+        );
+    }
+
+    #[test]
+    fn unknown_field_and_bad_duration_and_address() {
+        assert!(errors(&format!("{BASE}[limits]\nmax_foo = 1\n")).starts_with("c.toml:8:1: unknown field `max_foo`"));
+        assert!(errors(&format!("{BASE}[timeouts]\nconnect = \"1 parsec\"\n")).starts_with("c.toml:8:11: timeouts.connect:"));
+        let e = errors("[listen]\nhttp = \"nope\"\n[backends.b]\nendpoints = [\"x\"]\n");
+        assert!(e.contains("c.toml:2:8: listen.http"), "{e}");
+        assert!(e.contains("c.toml:4:14: backends.b.endpoints[0]: \"x\" needs a port"), "{e}");
+    }
+
+    #[test]
+    fn weights_need_a_positive_entry_and_unique_names() {
+        let text = format!("{BASE}[[routes]]\nname = \"a\"\nweights = {{ blue = 0 }}\n[[routes]]\nname = \"a\"\nweights = {{ blue = 1 }}\n");
+        let e = errors(&text);
+        assert!(e.contains("routes[0].weights: at least one backend needs a positive weight"), "{e}");
+        assert!(e.contains("c.toml:11:8: routes[1].name: duplicate route name \"a\""), "{e}");
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(parse_endpoint("127.0.0.1:80").unwrap().to_string(), "http://127.0.0.1:80");
+        assert_eq!(parse_endpoint("https://app:8443").unwrap().to_string(), "https://app:8443");
+        assert_eq!(parse_endpoint("http://app").unwrap().authority.as_str(), "app");
+        assert!(parse_endpoint("ftp://x:1").is_err());
+        assert!(parse_endpoint("x:1/path").is_err());
+    }
+}

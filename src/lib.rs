@@ -1,0 +1,17 @@
+//! Cutover: a Layer-7 reverse proxy for blue/green and canary releases.
+//!
+//! The request path lives in [`proxy::handler`]; the routing decision in
+//! [`routing`]; configuration and reloads in [`config`] and [`app`].
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod status;
+pub mod upstream;

@@ -1,0 +1,101 @@
+//! The `cutover` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cutover::config::edit::{self, Edit};
+use cutover::logging::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "cutover", version, about = "A reverse proxy for blue/green and canary releases")]
+struct Cli {
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file, reloading it when it changes.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if valid, 1 with file:line:col errors if not.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an embedded config with two built-in demo backends, blue and green.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Set backend weights in a config file (every route, or --route).
+    Set {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        route: Option<String>,
+        /// BACKEND=WEIGHT pairs, e.g. blue=50 green=50.
+        #[arg(required = true, value_parser = parse_weight)]
+        weights: Vec<(String, u32)>,
+    },
+    /// Put all weight on one backend (every route, or --route).
+    Rollback {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// Show per-variant traffic, errors and latency from a running Cutover.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+    },
+}
+
+fn parse_weight(s: &str) -> Result<(String, u32), String> {
+    let (name, w) = s.split_once('=').ok_or_else(|| format!("\"{s}\" is not BACKEND=WEIGHT"))?;
+    let w = w.parse().map_err(|_| format!("\"{w}\" is not a whole number"))?;
+    Ok((name.to_owned(), w))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Run { config } => cutover::app::run(&config),
+        Command::Check { config } => cutover::config::load(&config)
+            .map(|_| println!("{}: ok", config.display()))
+            .map_err(Into::into),
+        Command::Demo { http, admin } => cutover::demo::run(http, admin),
+        Command::Set { config, route, weights } => edit_and_print(&config, route.as_deref(), Edit::Set(&weights)),
+        Command::Rollback { config, to, route } => {
+            edit_and_print(&config, route.as_deref(), Edit::Rollback { to: &to })
+        }
+        Command::Status { admin } => cutover::status::run(&admin),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn edit_and_print(config: &std::path::Path, route: Option<&str>, e: Edit<'_>) -> anyhow::Result<()> {
+    for line in edit::apply(config, route, e)? {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Prometheus metrics. Names and labels are a contract with dashboards and
+//! alerts (see README, "Metrics"). Everything lives in an owned [`Registry`];
+//! the per-route-and-backend handles the request path needs are resolved once
+//! when a routing table is built ([`RouteMetrics`]), so recording a request
+//! hashes no label and takes no lock.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// Why an upstream exchange failed; also the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 4] = [Self::Connect, Self::Timeout, Self::Reset, Self::Protocol];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// Every metric family Cutover exports.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    weight: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    pub connections_open: IntGauge,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub generation: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(buckets: &[f64]) -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("cutover_requests_total", "Requests answered, by route, backend and status code sent to the client; override=\"true\" for tester overrides."),
+            &["route", "backend", "code", "override"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new("cutover_request_duration_seconds", "Time from request head received to response head sent.")
+                .buckets(buckets.to_vec()),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("cutover_upstream_errors_total", "Failed upstream exchanges by kind: connect, timeout, reset, protocol."),
+            &["route", "backend", "kind"],
+        )
+        .expect("valid metric");
+        let weight = IntGaugeVec::new(
+            Opts::new("cutover_backend_weight", "The weight in force for a backend of a route."),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            Opts::new("cutover_requests_in_flight", "Requests waiting for or streaming a response."),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
+        let connections_open =
+            IntGauge::new("cutover_connections_open", "Client connections open.").expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("cutover_config_reloads_total", "Config reloads by result: success or failure."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let last_reload_success = Gauge::new(
+            "cutover_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        )
+        .expect("valid metric");
+        let generation = IntGauge::new(
+            "cutover_config_generation",
+            "Increases with every successful config load.",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("cutover_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(weight.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(reloads.clone()),
+            Box::new(last_reload_success.clone()),
+            Box::new(generation.clone()),
+            Box::new(build_info),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are unique");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics register once");
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            weight,
+            in_flight,
+            connections_open,
+            reloads,
+            last_reload_success,
+            generation,
+        }
+    }
+
+    /// Resolves the handles for one (route, backend); `""` for both when no
+    /// route matched.
+    pub fn route(&self, route: &str, backend: &str, weight: Option<u32>) -> RouteMetrics {
+        if let Some(w) = weight {
+            self.weight.with_label_values(&[route, backend]).set(i64::from(w));
+        }
+        let labels = [route, backend];
+        RouteMetrics(Arc::new(Handles {
+            duration: self.duration.with_label_values(&labels),
+            in_flight: self.in_flight.with_label_values(&labels),
+            errors: UpstreamErrorKind::ALL
+                .map(|k| self.upstream_errors.with_label_values(&[route, backend, k.as_str()])),
+            codes: Codes {
+                vec: self.requests.clone(),
+                route: route.into(),
+                backend: backend.into(),
+                common: Default::default(),
+            },
+        }))
+    }
+
+    /// Drops the weight series of routes or backends no longer configured.
+    pub fn forget_weights(&self) {
+        self.weight.reset();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_default()
+    }
+
+    /// The requests counter family, for `/admin/state`.
+    pub fn requests_family(&self) -> &IntCounterVec {
+        &self.requests
+    }
+}
+
+/// The handles of one (route, backend), cheap to clone.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<Handles>);
+
+struct Handles {
+    duration: Histogram,
+    in_flight: IntGauge,
+    errors: [IntCounter; 4],
+    codes: Codes,
+}
+
+impl RouteMetrics {
+    /// Records a response head sent to the client.
+    pub fn record(&self, code: u16, overridden: bool, seconds: f64) {
+        self.0.codes.inc(code, overridden);
+        self.0.duration.observe(seconds);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.0.errors[kind as usize].inc();
+    }
+
+    pub fn in_flight(&self) -> &IntGauge {
+        &self.0.in_flight
+    }
+
+    pub fn duration(&self) -> &Histogram {
+        &self.0.duration
+    }
+}
+
+/// Status codes seen often enough to keep a resolved handle for.
+const COMMON: [u16; 18] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 429, 431, 499, 500, 502, 503, 504,
+];
+
+/// `cutover_requests_total` children of one (route, backend): common codes
+/// are resolved on first use and kept; rare ones go through the vector.
+struct Codes {
+    vec: IntCounterVec,
+    route: Box<str>,
+    backend: Box<str>,
+    common: [[OnceLock<IntCounter>; COMMON.len()]; 2],
+}
+
+impl Codes {
+    fn inc(&self, code: u16, overridden: bool) {
+        let ov = if overridden { "true" } else { "false" };
+        let resolve = || {
+            let code = itoa_code(code);
+            self.vec
+                .with_label_values(&[&self.route, &self.backend, code.as_str(), ov])
+        };
+        match COMMON.iter().position(|c| *c == code) {
+            Some(i) => self.common[usize::from(overridden)][i].get_or_init(resolve).inc(),
+            None => resolve().inc(),
+        }
+    }
+}
+
+/// A status code as a label without going through `format!`.
+fn itoa_code(code: u16) -> http::StatusCode {
+    http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_count_into_the_families() {
+        let m = Metrics::new(&[0.1, 1.0]);
+        let h = m.route("app", "blue", Some(90));
+        h.record(200, false, 0.05);
+        h.record(200, false, 0.05);
+        h.record(418, true, 2.0);
+        h.upstream_error(UpstreamErrorKind::Timeout);
+        let text = m.render();
+        assert!(text.contains(r#"cutover_requests_total{backend="blue",code="200",override="false",route="app"} 2"#), "{text}");
+        assert!(text.contains(r#"cutover_requests_total{backend="blue",code="418",override="true",route="app"} 1"#));
+        assert!(text.contains(r#"cutover_request_duration_seconds_count{backend="blue",route="app"} 3"#));
+        assert!(text.contains(r#"cutover_upstream_errors_total{backend="blue",kind="timeout",route="app"} 1"#));
+        assert!(text.contains(r#"cutover_backend_weight{backend="blue",route="app"} 90"#));
+    }
+}

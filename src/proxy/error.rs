@@ -1,0 +1,103 @@
+//! The one place where a failure becomes a status code: [`ProxyError::status`].
+
+use std::error::Error as _;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ResponseBody;
+use crate::metrics::UpstreamErrorKind;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1): a
+    /// smuggling attempt or a broken client; the connection is closed.
+    AmbiguousFraming,
+    NoRoute,
+    /// Every backend of the route is down.
+    NoEndpoint,
+    Upstream(UpstreamErrorKind),
+    /// No response head within `timeouts.request`.
+    RequestTimeout,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamErrorKind::Timeout) | ProxyError::RequestTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The short plain-text body sent to the client.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::AmbiguousFraming => "bad request: both Content-Length and Transfer-Encoding\n",
+            ProxyError::NoRoute => "no route for this host and path\n",
+            ProxyError::NoEndpoint => "no backend available\n",
+            ProxyError::Upstream(UpstreamErrorKind::Connect) => "bad gateway: upstream connect failed\n",
+            ProxyError::Upstream(UpstreamErrorKind::Timeout) => "gateway timeout: upstream connect timed out\n",
+            ProxyError::Upstream(UpstreamErrorKind::Reset) => "bad gateway: upstream connection reset\n",
+            ProxyError::Upstream(UpstreamErrorKind::Protocol) => "bad gateway: upstream sent an invalid response\n",
+            ProxyError::RequestTimeout => "gateway timeout: upstream did not answer in time\n",
+        }
+    }
+
+    /// The kind counted in `cutover_upstream_errors_total`, if any.
+    pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::Upstream(k) => Some(k),
+            ProxyError::RequestTimeout => Some(UpstreamErrorKind::Timeout),
+            _ => None,
+        }
+    }
+
+    pub fn response(self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::local(self.reason()));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        match self {
+            ProxyError::AmbiguousFraming => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::NoEndpoint => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Classifies an error of the upstream client.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    let mut source = err.source();
+    let mut io_kind = None;
+    let mut hyper_err = None;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            hyper_err.get_or_insert(h);
+        }
+        source = e.source();
+    }
+    if io_kind == Some(std::io::ErrorKind::TimedOut) {
+        return UpstreamErrorKind::Timeout;
+    }
+    if err.is_connect() {
+        return UpstreamErrorKind::Connect;
+    }
+    match hyper_err {
+        Some(h) if h.is_parse() || h.is_parse_status() || h.is_user() => UpstreamErrorKind::Protocol,
+        Some(h) if h.is_timeout() => UpstreamErrorKind::Timeout,
+        _ => UpstreamErrorKind::Reset,
+    }
+}

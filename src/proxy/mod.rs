@@ -1,0 +1,14 @@
+//! The data plane: worker threads and their listeners (`server`), the
+//! per-connection IO wrapper (`io`), the request path (`handler`) with its
+//! header rules (`headers`), bodies (`body`), upgrades (`upgrade`) and the one
+//! place errors become responses (`error`).
+
+pub mod body;
+pub mod error;
+pub mod handler;
+pub mod headers;
+pub mod io;
+pub mod server;
+pub mod upgrade;
+
+pub use server::{Listeners, Shared};

@@ -1,0 +1,225 @@
+//! Thread per core: each worker thread runs its own current-thread runtime,
+//! accepts on its own `SO_REUSEPORT` socket (the kernel spreads connections),
+//! and owns its upstream client. Workers share only the routing table
+//! (`ArcSwap`), metrics and the connection limit.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use super::handler::{self, ConnInfo, Worker};
+use super::io::{Activity, ActivityIo};
+use crate::config::{Limits, Timeouts};
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::upstream::client;
+
+/// State shared by every worker thread.
+pub struct Shared {
+    pub table: ArcSwap<RoutingTable>,
+    pub metrics: Arc<Metrics>,
+    /// Fixed at start; a reload that changes them is reported, not applied.
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    connections: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(table: RoutingTable, metrics: Arc<Metrics>, timeouts: Timeouts, limits: Limits) -> Shared {
+        Shared {
+            table: ArcSwap::from_pointee(table),
+            metrics,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            timeouts,
+            limits,
+        }
+    }
+}
+
+/// One listening socket per worker, all bound to the same address.
+pub struct Listeners {
+    pub addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `addr` `n` times with `SO_REUSEPORT`; port 0 is resolved by the
+    /// first bind and reused by the others.
+    pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Listeners> {
+        let first = reuseport_listener(addr)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..n {
+            sockets.push(reuseport_listener(addr)?);
+        }
+        Ok(Listeners { addr, sockets })
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Starts one worker thread per listener socket. Each returns once `shutdown`
+/// turned true and its connections finished.
+pub fn spawn_workers(shared: Arc<Shared>, listeners: Listeners, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    listeners
+        .sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("cutover-worker-{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime starts");
+                    rt.block_on(worker(shared, socket, shutdown));
+                })
+                .expect("a thread starts")
+        })
+        .collect()
+}
+
+async fn worker(shared: Arc<Shared>, socket: std::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let builder = http_builder(&shared.timeouts, &shared.limits);
+    let worker = Arc::new(Worker {
+        client: client::build(&shared.timeouts),
+        shared: shared.clone(),
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        // Take a connection slot first: past max_connections, new
+        // connections wait in the kernel's accept queue.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            p = shared.connections.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ConnInfo::new(peer, false));
+        let task = serve(worker.clone(), builder.clone(), stream, conn, shutdown.clone());
+        tracker.spawn(async move {
+            task.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// hyper's server settings, every limit explicit.
+fn http_builder(t: &Timeouts, l: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(t.header_read)
+        .max_buf_size(l.max_header_bytes)
+        .max_headers(l.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(l.max_concurrent_streams)
+        .max_header_list_size(l.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(None);
+    b
+}
+
+/// Serves one client connection until it closes, idles out, or drains.
+pub async fn serve<I>(
+    worker: Arc<Worker>,
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    conn: Arc<ConnInfo>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let metrics = worker.shared.metrics.clone();
+    metrics.connections_open.inc();
+    let idle_after = worker.shared.timeouts.idle;
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(ActivityIo::new(io, activity.clone()));
+    let handler_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let worker = worker.clone();
+        let conn = conn.clone();
+        let busy = handler_activity.busy();
+        async move {
+            let resp = handler::handle(&worker, &conn, req).await;
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let idle = activity.idle(idle_after);
+    tokio::pin!(idle);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            res = connection.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = &mut idle, if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    metrics.connections_open.dec();
+}

@@ -1,0 +1,7 @@
+//! Upstreams: endpoint state shared across reloads (`endpoint`), and the
+//! per-worker HTTP client with its connection pool (`client`).
+
+pub mod client;
+pub mod endpoint;
+
+pub use endpoint::{Backend, Endpoint, EndpointRegistry};
