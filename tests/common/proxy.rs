@@ -1,0 +1,143 @@
+//! The real `cutover` binary, started on a config in a temporary directory.
+//! Logs are read as JSON from stderr: the `listening` lines give the ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cutover")
+}
+
+impl Proxy {
+    /// Writes `config` to `<tmp>/cutover.toml` and starts `cutover run` on it.
+    pub async fn start(config: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_at(dir, path, &[]).await
+    }
+
+    /// Starts on an existing file in `dir`, with extra environment variables.
+    pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = Command::new(bin());
+        cmd.args(["--log-format", "json", "run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("cutover starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let logs2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                logs2.lock().unwrap().push(v);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut http, mut admin) = (None, None);
+        let wants_admin = std::fs::read_to_string(&config_path).unwrap_or_default().contains("[admin]");
+        while http.is_none() || (wants_admin && admin.is_none()) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("cutover exited with {status}: {:?}", logs.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "cutover did not report its listeners: {:?}", logs.lock().unwrap());
+            for l in logs.lock().unwrap().iter() {
+                if l["message"] == "listening" {
+                    let addr: Option<SocketAddr> = l["addr"].as_str().and_then(|a| a.parse().ok());
+                    match l["listener"].as_str() {
+                        Some("http") => http = addr,
+                        Some("admin") => admin = addr,
+                        _ => {}
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Proxy { child, http: http.unwrap(), admin, dir, config_path, logs }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("config has [admin]"), path)
+    }
+
+    /// The JSON log lines printed so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn state(&self) -> serde_json::Value {
+        reqwest::get(self.admin_url("/admin/state")).await.unwrap().json().await.unwrap()
+    }
+
+    /// Replaces the config file atomically (write to temp, rename over).
+    pub fn write_config(&self, text: &str) {
+        write_atomically(&self.config_path, text);
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
