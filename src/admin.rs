@@ -47,6 +47,7 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" if app.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/metrics" => {
+            refresh_endpoint_gauges(app);
             let mut r = text(StatusCode::OK, app.metrics().render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -71,6 +72,19 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// `cutover_endpoint_healthy` is derived at scrape time, so that ejections
+/// that simply expire need no event.
+fn refresh_endpoint_gauges(app: &App) {
+    let table = app.shared.table.load();
+    let gauge = &app.metrics().endpoint_healthy;
+    gauge.reset();
+    for b in table.backends.iter() {
+        for e in b.endpoints.iter() {
+            gauge.with_label_values(&[&*b.name, &*e.label]).set(i64::from(e.is_available()));
+        }
+    }
+}
+
 /// The JSON document of `/admin/state`.
 pub fn state(app: &App) -> Value {
     let table = app.shared.table.load_full();
@@ -85,6 +99,7 @@ pub fn state(app: &App) -> Value {
             "last_reload_error": app.last_error(),
         },
         "draining": app.is_draining(),
+        "health_checkers": app.health.count(),
         "routes": routes(&table, &counts),
     })
 }
@@ -142,6 +157,9 @@ fn routes(table: &RoutingTable, counts: &HashMap<(String, String), Counts>) -> V
                         "endpoints": b.backend.endpoints.iter().map(|e| json!({
                             "address": &*e.label,
                             "available": e.is_available(),
+                            "healthy": e.is_healthy(),
+                            "health_check": e.health_detail.lock().map(|d| d.clone()).unwrap_or_default(),
+                            "ejected_for_seconds": b.backend.ejected_for(e).map(|d| d.as_secs_f64()),
                             "in_flight": e.in_flight(),
                         })).collect::<Vec<_>>(),
                     })

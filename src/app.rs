@@ -10,18 +10,22 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::config::{self, Config, Loaded};
+use std::collections::HashMap;
+
+use crate::config::{self, Config, HealthSpec, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::server::spawn_workers;
 use crate::proxy::{Listeners, Shared};
 use crate::routing::RoutingTable;
 use crate::upstream::EndpointRegistry;
+use crate::upstream::health::HealthCheckers;
 
 /// The control plane's view of the running proxy.
 pub struct App {
     pub shared: Arc<Shared>,
     pub config_path: PathBuf,
     registry: EndpointRegistry,
+    pub health: HealthCheckers,
     /// What was fixed at start, to report reloads that try to change it.
     started_with: Config,
     generation: AtomicU64,
@@ -67,6 +71,7 @@ impl App {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = RoutingTable::build(&loaded, generation, &self.registry, self.metrics());
         let weights = describe_weights(&table);
+        self.health.sync(&table.backends, &health_specs(&loaded.config));
         self.shared.table.store(Arc::new(table));
         self.record_success(generation);
         tracing::info!(trigger = why, generation, sha256 = %loaded.sha256, weights = %weights, "config reloaded");
@@ -96,6 +101,15 @@ impl App {
     }
 }
 
+/// The health check settings of each backend that has them.
+fn health_specs(config: &Config) -> HashMap<Arc<str>, HealthSpec> {
+    config
+        .backends
+        .iter()
+        .filter_map(|b| Some((Arc::from(b.name.as_str()), b.health.clone()?)))
+        .collect()
+}
+
 /// "app: blue=90 green=10; api: ..." for the reload log line.
 fn describe_weights(table: &RoutingTable) -> String {
     table
@@ -113,9 +127,14 @@ fn describe_weights(table: &RoutingTable) -> String {
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let loaded: Loaded = config::load(path)?;
     let config = loaded.config.clone();
+    // The control plane (admin, watcher, health checks, signals) runs on
+    // this thread; the data plane on the worker threads.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let metrics = Arc::new(Metrics::new(&config.metric_buckets));
-    let registry = EndpointRegistry::default();
+    let registry = EndpointRegistry::new(metrics.ejections.clone());
     let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
+    let health = HealthCheckers::new(rt.handle().clone());
+    health.sync(&table.backends, &health_specs(&config));
     let shared = Arc::new(Shared::new(table, metrics, config.timeouts.clone(), config.limits.clone()));
     let http = config.listen_http.context("listen.http is required")?;
     let listeners = Listeners::bind(http, config.workers).with_context(|| format!("cannot listen on {http}"))?;
@@ -127,6 +146,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         shared,
         config_path: path.to_path_buf(),
         registry,
+        health,
         started_with: config.clone(),
         generation: AtomicU64::new(1),
         last_error: Mutex::new(None),
@@ -135,7 +155,6 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     });
     app.record_success(1);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         if let Some(addr) = config.admin {
             let listener = tokio::net::TcpListener::bind(addr)

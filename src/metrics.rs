@@ -45,6 +45,19 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub generation: IntGauge,
+    retries: IntCounterVec,
+    failovers: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub endpoint_healthy: IntGaugeVec,
+}
+
+/// Why a request was sent again; also the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// Nothing reached the backend: connect refused or timed out.
+    Connect,
+    /// An idempotent request answered 502, 503 or 504 (`retry_on = ["5xx"]`).
+    Status5xx,
 }
 
 impl Metrics {
@@ -93,6 +106,26 @@ impl Metrics {
             "Increases with every successful config load.",
         )
         .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new("cutover_retries_total", "Requests sent again, by reason: connect or 5xx."),
+            &["route", "backend", "reason"],
+        )
+        .expect("valid metric");
+        let failovers = IntCounterVec::new(
+            Opts::new("cutover_failovers_total", "Requests sent to another backend because theirs had nothing available."),
+            &["route", "from", "to"],
+        )
+        .expect("valid metric");
+        let ejections = IntCounterVec::new(
+            Opts::new("cutover_endpoint_ejections_total", "Passive ejections after consecutive failures."),
+            &["backend", "endpoint"],
+        )
+        .expect("valid metric");
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new("cutover_endpoint_healthy", "1 when an endpoint takes traffic: health check passing and not ejected."),
+            &["backend", "endpoint"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("cutover_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -113,6 +146,10 @@ impl Metrics {
             Box::new(last_reload_success.clone()),
             Box::new(generation.clone()),
             Box::new(build_info),
+            Box::new(retries.clone()),
+            Box::new(failovers.clone()),
+            Box::new(ejections.clone()),
+            Box::new(endpoint_healthy.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
@@ -132,7 +169,17 @@ impl Metrics {
             reloads,
             last_reload_success,
             generation,
+            retries,
+            failovers,
+            ejections,
+            endpoint_healthy,
         }
+    }
+
+    /// The counter of requests of `route` failed over from one backend to
+    /// another.
+    pub fn failover(&self, route: &str, from: &str, to: &str) -> IntCounter {
+        self.failovers.with_label_values(&[route, from, to])
     }
 
     /// Resolves the handles for one (route, backend); `""` for both when no
@@ -147,6 +194,7 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&labels),
             errors: UpstreamErrorKind::ALL
                 .map(|k| self.upstream_errors.with_label_values(&[route, backend, k.as_str()])),
+            retries: ["connect", "5xx"].map(|r| self.retries.with_label_values(&[route, backend, r])),
             codes: Codes {
                 vec: self.requests.clone(),
                 route: route.into(),
@@ -183,6 +231,7 @@ struct Handles {
     duration: Histogram,
     in_flight: IntGauge,
     errors: [IntCounter; 4],
+    retries: [IntCounter; 2],
     codes: Codes,
 }
 
@@ -195,6 +244,10 @@ impl RouteMetrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.0.errors[kind as usize].inc();
+    }
+
+    pub fn retry(&self, reason: RetryReason) {
+        self.0.retries[reason as usize].inc();
     }
 
     pub fn in_flight(&self) -> &IntGauge {

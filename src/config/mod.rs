@@ -57,6 +57,42 @@ pub struct BackendSpec {
     pub name: String,
     pub endpoints: Vec<EndpointSpec>,
     pub balance: Balance,
+    pub health: Option<HealthSpec>,
+    pub outlier: OutlierSpec,
+    pub retry: RetrySpec,
+}
+
+/// Active health checks of every endpoint of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Empty: any 2xx.
+    pub expected_status: Vec<u16>,
+    pub start_unhealthy: bool,
+}
+
+/// Passive ejection after consecutive failures (Envoy's outlier detection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierSpec {
+    /// 0 turns passive ejection off.
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejected_percent: u32,
+}
+
+/// Retries within a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySpec {
+    pub retries: u32,
+    /// Also retry idempotent requests answered 502, 503 or 504.
+    pub on_5xx: bool,
+    /// Request bodies up to this size are buffered so they can be replayed.
+    pub buffer_bytes: usize,
 }
 
 /// One upstream address, `http://host:port` once parsed.
@@ -91,6 +127,8 @@ pub struct RouteSpec {
     pub overrides: Option<OverrideSpec>,
     pub drain: bool,
     pub expose_backend_header: bool,
+    /// Send a request elsewhere when its backend has nothing available.
+    pub failover: bool,
 }
 
 /// Which `Host` a route answers; the port is ignored and case folded.

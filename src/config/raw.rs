@@ -77,6 +77,34 @@ pub struct RawMetrics {
 pub struct RawBackend {
     pub endpoints: Spanned<Vec<Str>>,
     pub balance: Option<Str>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub outlier: Option<Spanned<RawOutlier>>,
+    pub retries: Option<Spanned<i64>>,
+    pub retry_on: Option<Spanned<Vec<Str>>>,
+    pub retry_buffer_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Str,
+    pub interval: Option<Str>,
+    pub timeout: Option<Str>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    /// Status codes that count as healthy; default: any 2xx.
+    pub expected_status: Option<Spanned<Vec<Spanned<i64>>>>,
+    #[serde(default)]
+    pub start_unhealthy: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub base_ejection_time: Option<Str>,
+    pub max_ejection_time: Option<Str>,
+    pub max_ejected_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +121,7 @@ pub struct RawRoute {
     pub drain: bool,
     #[serde(default)]
     pub expose_backend_header: bool,
+    pub failover: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

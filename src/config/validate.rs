@@ -10,10 +10,10 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use toml::Spanned;
 
-use super::raw::{RawBackend, RawConfig, RawOverride, RawRoute, RawSticky, Str};
+use super::raw::{RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRoute, RawSticky, Str};
 use super::{
-    Balance, BackendSpec, Config, ConfigError, Diagnostic, EndpointSpec, HostMatch, Limits,
-    OverrideSpec, RouteSpec, StickySpec, Timeouts,
+    Balance, BackendSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec, HostMatch,
+    Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, StickySpec, Timeouts,
 };
 
 const DEFAULT_BUCKETS: &[f64] = &[
@@ -192,10 +192,76 @@ impl Validator<'_> {
                 Balance::RoundRobin
             }
         };
+        let health = raw.health.as_ref().map(|h| self.health(&key, h.get_ref()));
+        let outlier = self.outlier(&key, raw.outlier.as_ref().map(|o| o.get_ref()));
+        let mut on_5xx = false;
+        for (i, r) in raw.retry_on.iter().flat_map(|r| r.get_ref().iter()).enumerate() {
+            match r.get_ref().as_str() {
+                "5xx" => on_5xx = true,
+                "connect" => {}
+                other => self.error(r, format!("{key}.retry_on[{i}]: \"{other}\" is not one of connect, 5xx")),
+            }
+        }
+        let retry = RetrySpec {
+            retries: self.int(&format!("{key}.retries"), &raw.retries, 2, 0, 10) as u32,
+            on_5xx,
+            buffer_bytes: self.int(&format!("{key}.retry_buffer_bytes"), &raw.retry_buffer_bytes, 65536, 0, 16 << 20),
+        };
         BackendSpec {
             name: name.get_ref().clone(),
             endpoints,
             balance,
+            health,
+            outlier,
+            retry,
+        }
+    }
+
+    fn health(&mut self, key: &str, h: &RawHealth) -> HealthSpec {
+        let key = format!("{key}.health");
+        if !h.path.get_ref().starts_with('/') {
+            self.error(&h.path, format!("{key}.path: \"{}\" must start with '/'", h.path.get_ref()));
+        }
+        let mut expected_status = Vec::new();
+        for s in h.expected_status.iter().flat_map(|s| s.get_ref().iter()) {
+            if (100..=599).contains(s.get_ref()) {
+                expected_status.push(*s.get_ref() as u16);
+            } else {
+                self.error(s, format!("{key}.expected_status: {} is not an HTTP status", s.get_ref()));
+            }
+        }
+        HealthSpec {
+            path: h.path.get_ref().clone(),
+            interval: self.duration_ms(&format!("{key}.interval"), &h.interval, 2000),
+            timeout: self.duration_ms(&format!("{key}.timeout"), &h.timeout, 1000),
+            healthy_threshold: self.int(&format!("{key}.healthy_threshold"), &h.healthy_threshold, 2, 1, 100) as u32,
+            unhealthy_threshold: self.int(&format!("{key}.unhealthy_threshold"), &h.unhealthy_threshold, 3, 1, 100) as u32,
+            expected_status,
+            start_unhealthy: h.start_unhealthy,
+        }
+    }
+
+    fn outlier(&mut self, key: &str, o: Option<&RawOutlier>) -> OutlierSpec {
+        let key = format!("{key}.outlier");
+        let none = RawOutlier {
+            consecutive_failures: None,
+            base_ejection_time: None,
+            max_ejection_time: None,
+            max_ejected_percent: None,
+        };
+        let o = o.unwrap_or(&none);
+        OutlierSpec {
+            consecutive_failures: self.int(&format!("{key}.consecutive_failures"), &o.consecutive_failures, 5, 0, 1000) as u32,
+            base_ejection_time: self.duration_ms(&format!("{key}.base_ejection_time"), &o.base_ejection_time, 10_000),
+            max_ejection_time: self.duration_ms(&format!("{key}.max_ejection_time"), &o.max_ejection_time, 300_000),
+            max_ejected_percent: self.int(&format!("{key}.max_ejected_percent"), &o.max_ejected_percent, 50, 0, 100) as u32,
+        }
+    }
+
+    fn duration_ms(&mut self, key: &str, s: &Option<Str>, default_ms: u64) -> Duration {
+        match s {
+            None => Duration::from_millis(default_ms),
+            Some(_) => self.duration(key, s, 1),
         }
     }
 
@@ -244,6 +310,7 @@ impl Validator<'_> {
             overrides,
             drain: r.drain,
             expose_backend_header: r.expose_backend_header,
+            failover: r.failover.unwrap_or(true),
         }
     }
 

@@ -12,10 +12,12 @@ use prometheus::IntGauge;
 
 use crate::upstream::endpoint::InFlight;
 
-/// What is sent upstream: the client's body as it arrives, or nothing.
+/// What is sent upstream: the client's body as it arrives, a small body
+/// buffered so that a retry can send it again, or nothing.
 #[derive(Debug)]
 pub enum RequestBody {
     Streaming(Incoming),
+    Buffered(Option<Bytes>),
     Empty,
 }
 
@@ -29,6 +31,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -36,6 +39,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Buffered(b) => b.is_none(),
             RequestBody::Empty => true,
         }
     }
@@ -43,6 +47,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -14,6 +14,8 @@ pub enum ProxyError {
     /// smuggling attempt or a broken client; the connection is closed.
     AmbiguousFraming,
     NoRoute,
+    /// The client's body could not be read while buffering it for retries.
+    ClientBody,
     /// Every backend of the route is down.
     NoEndpoint,
     Upstream(UpstreamErrorKind),
@@ -26,6 +28,7 @@ impl ProxyError {
         match self {
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamErrorKind::Timeout) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -39,6 +42,7 @@ impl ProxyError {
         match self {
             ProxyError::AmbiguousFraming => "bad request: both Content-Length and Transfer-Encoding\n",
             ProxyError::NoRoute => "no route for this host and path\n",
+            ProxyError::ClientBody => "bad request: the request body could not be read\n",
             ProxyError::NoEndpoint => "no backend available\n",
             ProxyError::Upstream(UpstreamErrorKind::Connect) => "bad gateway: upstream connect failed\n",
             ProxyError::Upstream(UpstreamErrorKind::Timeout) => "gateway timeout: upstream connect timed out\n",

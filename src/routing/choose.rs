@@ -19,8 +19,9 @@ pub struct Choice {
     pub backend: Option<usize>,
     /// The request forced its backend with an override.
     pub overridden: bool,
-    /// The backend was not the user's own, because that one is down.
-    pub failed_over: bool,
+    /// The backend was not the user's own (this index), because that one is
+    /// down.
+    pub failed_over_from: Option<usize>,
     /// A `Set-Cookie` value to send with the response.
     pub set_cookie: Option<HeaderValue>,
 }
@@ -32,7 +33,7 @@ impl Route {
                 return Choice {
                     backend: Some(i),
                     overridden: true,
-                    failed_over: false,
+                    failed_over_from: None,
                     set_cookie: None,
                 };
             }
@@ -56,8 +57,10 @@ impl Route {
         }
         let (backend, failed_over) = if self.backends[wanted].backend.has_available() {
             (Some(wanted), false)
+        } else if self.failover {
+            (self.failover_from(wanted), true)
         } else {
-            (self.failover(wanted), true)
+            (None, true)
         };
 
         let set_cookie = codec.and_then(|c| {
@@ -69,7 +72,7 @@ impl Route {
         Choice {
             backend,
             overridden: false,
-            failed_over,
+            failed_over_from: failed_over.then_some(wanted),
             set_cookie,
         }
     }
@@ -86,7 +89,7 @@ impl Route {
 
     /// Another backend that is up: by weight among the weighted ones, else
     /// the first one up at weight 0.
-    fn failover(&self, down: usize) -> Option<usize> {
+    pub fn failover_from(&self, down: usize) -> Option<usize> {
         let up = |i: &usize| *i != down && self.backends[*i].backend.has_available();
         let total: u64 = (0..self.backends.len())
             .filter(up)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderValue;
+use prometheus::IntCounter;
 
 use super::matcher::Matcher;
 use super::overrides::Overrides;
@@ -48,6 +49,9 @@ pub struct Route {
     /// Users on a weight-0 backend stay there (soft drain).
     pub drain: bool,
     pub expose_backend_header: bool,
+    pub failover: bool,
+    /// `failovers[from * n + to]`: `cutover_failovers_total` handles.
+    pub failovers: Box<[IntCounter]>,
 }
 
 pub struct RouteBackend {
@@ -116,6 +120,14 @@ impl RoutingTable {
                     }),
                     drain: spec.drain,
                     expose_backend_header: spec.expose_backend_header,
+                    failover: spec.failover,
+                    failovers: spec
+                        .weights
+                        .iter()
+                        .flat_map(|(from, _)| {
+                            spec.weights.iter().map(|(to, _)| metrics.failover(&spec.name, from, to))
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -143,6 +155,13 @@ impl Route {
     /// The backend owning `bucket`.
     pub fn backend_for(&self, bucket: Bucket) -> usize {
         self.split.pick(bucket)
+    }
+
+    /// Counts a request of this route moved from backend `from` to `to`.
+    pub fn count_failover(&self, from: usize, to: usize) {
+        if let Some(c) = self.failovers.get(from * self.backends.len() + to) {
+            c.inc();
+        }
     }
 
     pub fn backend_index(&self, name: &str) -> Option<usize> {

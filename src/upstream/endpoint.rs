@@ -1,13 +1,24 @@
 //! Endpoints and the backends that group them. An [`Endpoint`]'s state
-//! (requests in flight, health) outlives reloads: the [`EndpointRegistry`]
-//! hands the same `Arc` to every table that still lists it.
+//! (requests in flight, health, ejection) outlives reloads: the
+//! [`EndpointRegistry`] hands the same `Arc` to every table that still lists
+//! it.
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use crate::config::{Balance, BackendSpec, EndpointSpec};
+use prometheus::IntCounterVec;
+
+use super::budget::RetryBudget;
+use crate::config::{Balance, BackendSpec, EndpointSpec, OutlierSpec, RetrySpec};
+
+/// Milliseconds on a process-wide monotonic clock; never 0.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
 
 /// One upstream address and what the proxy knows about it.
 #[derive(Debug)]
@@ -16,7 +27,14 @@ pub struct Endpoint {
     /// `host:port` as shown in logs, metrics and `/admin/state`.
     pub label: Arc<str>,
     in_flight: AtomicUsize,
+    /// The active health check's verdict (true without checks).
     healthy: AtomicBool,
+    /// Passive ejection: unavailable until this `now_ms()`; 0 when not.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// Why the health check last said what it said, for `/admin/state`.
+    pub health_detail: Mutex<String>,
 }
 
 impl Endpoint {
@@ -26,11 +44,24 @@ impl Endpoint {
             spec,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            health_detail: Mutex::new("no active check".into()),
         }
     }
 
     pub fn is_available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.is_ejected()
+    }
+
+    pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -46,6 +77,13 @@ impl Endpoint {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
+
+    /// A response below 500: the failure streak ends.
+    pub fn report_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A request in flight to an endpoint; dropping it ends the count.
@@ -58,12 +96,16 @@ impl Drop for InFlight {
     }
 }
 
-/// A named group of endpoints, e.g. blue.
+/// A named group of endpoints, e.g. blue, with its failure policies.
 #[derive(Debug)]
 pub struct Backend {
     pub name: Arc<str>,
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub balance: Balance,
+    pub outlier: OutlierSpec,
+    pub retry: RetrySpec,
+    pub budget: RetryBudget,
+    ejections: IntCounterVec,
 }
 
 thread_local! {
@@ -85,7 +127,7 @@ impl Backend {
                     (true, true) if b.in_flight() < a.in_flight() => Some(b),
                     (true, _) => Some(a),
                     (false, true) => Some(b),
-                    (false, false) => self.scan(fastrand::usize(..n)),
+                    (false, false) => self.scan(fastrand::usize(..n), None),
                 }
             }
             (Balance::RoundRobin, _) => {
@@ -94,31 +136,90 @@ impl Backend {
                     c.set(v.wrapping_add(1));
                     v
                 });
-                self.scan(start)
+                self.scan(start, None)
             }
         }
     }
 
+    /// An available endpoint other than `not`, for a retry.
+    pub fn pick_other(&self, not: &Arc<Endpoint>) -> Option<&Arc<Endpoint>> {
+        self.scan(fastrand::usize(..self.endpoints.len().max(1)), Some(not))
+    }
+
     /// The first available endpoint from `start`, wrapping around.
-    fn scan(&self, start: usize) -> Option<&Arc<Endpoint>> {
+    fn scan(&self, start: usize, skip: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
         (0..n)
             .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| e.is_available())
+            .find(|e| e.is_available() && !skip.is_some_and(|s| Arc::ptr_eq(s, e)))
     }
 
     pub fn has_available(&self) -> bool {
         self.endpoints.iter().any(|e| e.is_available())
     }
+
+    /// A connect failure, timeout, reset or 5xx from `ep`: after
+    /// `consecutive_failures` in a row it is ejected for a time that doubles
+    /// with each ejection, unless that would eject more than
+    /// `max_ejected_percent` of the backend.
+    pub fn report_failure(&self, ep: &Endpoint) {
+        let o = &self.outlier;
+        if o.consecutive_failures == 0 {
+            return;
+        }
+        let streak = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak < o.consecutive_failures || ep.is_ejected() {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
+        if (ejected + 1) * 100 > o.max_ejected_percent as usize * self.endpoints.len() {
+            tracing::warn!(backend = %self.name, endpoint = %ep.label, ejected,
+                "endpoint keeps failing but max_ejected_percent forbids ejecting it");
+            return;
+        }
+        let n = ep.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let time = o.base_ejection_time.saturating_mul(1 << n).min(o.max_ejection_time);
+        ep.ejected_until.store(now_ms() + time.as_millis() as u64, Ordering::Relaxed);
+        ep.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections.with_label_values(&[&self.name, &ep.label]).inc();
+        tracing::warn!(backend = %self.name, endpoint = %ep.label, failures = streak,
+            ejected_for = ?time, "endpoint ejected");
+    }
+
+    /// Forgets earlier ejections of an endpoint that has been back for a
+    /// while, so its next ejection starts at the base time again.
+    pub fn forgive(&self, ep: &Endpoint) {
+        let until = ep.ejected_until.load(Ordering::Relaxed);
+        let settled = until + self.outlier.max_ejection_time.as_millis() as u64;
+        if until != 0 && now_ms() > settled {
+            ep.ejections.store(0, Ordering::Relaxed);
+            ep.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Milliseconds left in an endpoint's ejection, for `/admin/state`.
+    pub fn ejected_for(&self, ep: &Endpoint) -> Option<Duration> {
+        let until = ep.ejected_until.load(Ordering::Relaxed);
+        let now = now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
 }
 
 /// Keeps one [`Endpoint`] per (backend, address) across reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EndpointRegistry {
     known: Mutex<HashMap<(String, EndpointSpec), Arc<Endpoint>>>,
+    ejections: IntCounterVec,
 }
 
 impl EndpointRegistry {
+    pub fn new(ejections: IntCounterVec) -> EndpointRegistry {
+        EndpointRegistry {
+            known: Mutex::default(),
+            ejections,
+        }
+    }
+
     /// Builds the backends of a new config, reusing the state of endpoints
     /// that were already known and forgetting those no longer listed.
     pub fn backends(&self, specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
@@ -132,9 +233,11 @@ impl EndpointRegistry {
                     .iter()
                     .map(|spec| {
                         let key = (b.name.clone(), spec.clone());
-                        let ep = known
-                            .remove(&key)
-                            .unwrap_or_else(|| Arc::new(Endpoint::new(spec.clone())));
+                        let ep = known.remove(&key).unwrap_or_else(|| {
+                            let ep = Endpoint::new(spec.clone());
+                            ep.set_healthy(!b.health.as_ref().is_some_and(|h| h.start_unhealthy));
+                            Arc::new(ep)
+                        });
                         next.insert(key, ep.clone());
                         ep
                     })
@@ -143,6 +246,10 @@ impl EndpointRegistry {
                     name: b.name.as_str().into(),
                     endpoints,
                     balance: b.balance,
+                    outlier: b.outlier.clone(),
+                    retry: b.retry.clone(),
+                    budget: RetryBudget::new(0.2, 1),
+                    ejections: self.ejections.clone(),
                 })
             })
             .collect();
@@ -165,12 +272,24 @@ mod tests {
             name: "blue".into(),
             endpoints: vec![spec(1), spec(2), spec(3)],
             balance,
+            health: None,
+            outlier: OutlierSpec {
+                consecutive_failures: 2,
+                base_ejection_time: Duration::from_secs(10),
+                max_ejection_time: Duration::from_secs(300),
+                max_ejected_percent: 50,
+            },
+            retry: RetrySpec { retries: 2, on_5xx: false, buffer_bytes: 0 },
         }
+    }
+
+    fn registry() -> EndpointRegistry {
+        EndpointRegistry::new(IntCounterVec::new(prometheus::Opts::new("e", "e"), &["backend", "endpoint"]).unwrap())
     }
 
     #[test]
     fn round_robin_skips_unavailable() {
-        let reg = EndpointRegistry::default();
+        let reg = registry();
         let b = &reg.backends(&[backend(Balance::RoundRobin)])[0];
         b.endpoints[1].set_healthy(false);
         let picks: Vec<_> = (0..6).map(|_| b.pick().unwrap().label.clone()).collect();
@@ -185,17 +304,31 @@ mod tests {
 
     #[test]
     fn p2c_prefers_fewer_in_flight() {
-        let reg = EndpointRegistry::default();
+        let reg = registry();
         let b = &reg.backends(&[backend(Balance::P2c)])[0];
         let _busy: Vec<_> = (0..5).map(|_| b.endpoints[0].start_request()).collect();
         let n = (0..300).filter(|_| b.pick().unwrap().label.as_ref() == "127.0.0.1:1").count();
-        // Endpoint 1 wins only when both draws land on it: p = 1/9.
+        // Endpoint 1 wins only when both draws land on it: p = 1/9, mean 33,
+        // sd 5.4; 80 is over 8 sd away.
         assert!(n < 80, "{n}");
     }
 
     #[test]
+    fn ejection_respects_max_percent() {
+        let reg = registry();
+        let b = &reg.backends(&[backend(Balance::RoundRobin)])[0];
+        for ep in b.endpoints.iter() {
+            b.report_failure(ep);
+            b.report_failure(ep);
+        }
+        // 3 endpoints at 50%: only one may be ejected.
+        assert_eq!(b.endpoints.iter().filter(|e| e.is_ejected()).count(), 1);
+        assert!(b.has_available());
+    }
+
+    #[test]
     fn state_survives_reload_only_for_kept_endpoints() {
-        let reg = EndpointRegistry::default();
+        let reg = registry();
         let first = reg.backends(&[backend(Balance::RoundRobin)]);
         first[0].endpoints[0].set_healthy(false);
         let mut spec2 = backend(Balance::RoundRobin);

@@ -1,7 +1,9 @@
 //! Upstreams: endpoint state shared across reloads (`endpoint`), and the
 //! per-worker HTTP client with its connection pool (`client`).
 
+pub mod budget;
 pub mod client;
 pub mod endpoint;
+pub mod health;
 
 pub use endpoint::{Backend, Endpoint, EndpointRegistry};

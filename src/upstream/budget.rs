@@ -1,0 +1,96 @@
+//! A retry budget: retries may add at most `ratio` of the requests of the
+//! last 10 seconds, plus a small floor per second, so retries cannot multiply
+//! an outage. Like tower's `TpsBudget`, but with atomics only: its deposit
+//! takes a mutex on every request, which the request path must not.
+//!
+//! Counts live in ten one-second slots. A slot is reset by whoever first
+//! sees it stale, so a count racing that reset may be lost: the budget is
+//! approximate by a request or two, never unbounded.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+const SLOTS: usize = 10;
+
+#[derive(Debug, Default)]
+struct Slot {
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct RetryBudget {
+    slots: [Slot; SLOTS],
+    ratio: f64,
+    min_per_second: u64,
+}
+
+fn seconds_since_start(now: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // +1 so that no live slot is ever second 0, the initial value.
+    now.saturating_duration_since(*START.get_or_init(Instant::now)).as_secs() + 1
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64, min_per_second: u64) -> RetryBudget {
+        RetryBudget {
+            slots: Default::default(),
+            ratio,
+            min_per_second,
+        }
+    }
+
+    fn slot(&self, second: u64) -> &Slot {
+        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        if slot.second.load(Ordering::Relaxed) != second {
+            slot.second.store(second, Ordering::Relaxed);
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.retries.store(0, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// Counts a first attempt.
+    pub fn deposit(&self, now: Instant) {
+        self.slot(seconds_since_start(now)).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget if there is room.
+    pub fn withdraw(&self, now: Instant) -> bool {
+        let second = seconds_since_start(now);
+        let current = self.slot(second);
+        let (mut requests, mut retries) = (0, 0);
+        for s in &self.slots {
+            if second.saturating_sub(s.second.load(Ordering::Relaxed)) < SLOTS as u64 {
+                requests += s.requests.load(Ordering::Relaxed);
+                retries += s.retries.load(Ordering::Relaxed);
+            }
+        }
+        let allowed = self.min_per_second * SLOTS as u64 + (requests as f64 * self.ratio) as u64;
+        if retries < allowed {
+            current.retries.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_retries_at_the_ratio_plus_floor() {
+        let b = RetryBudget::new(0.2, 1);
+        let now = Instant::now();
+        for _ in 0..100 {
+            b.deposit(now);
+        }
+        let granted = (0..100).filter(|_| b.withdraw(now)).count();
+        // 20% of 100 requests, plus 1 per second over the 10-second window.
+        assert_eq!(granted, 30);
+    }
+}
