@@ -18,7 +18,10 @@ use crate::proxy::server::spawn_workers;
 use crate::proxy::{Listeners, Shared};
 use crate::routing::RoutingTable;
 use crate::upstream::EndpointRegistry;
+use crate::tls::{CertStore, Resolver};
 use crate::upstream::health::HealthCheckers;
+use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
 
 /// The control plane's view of the running proxy.
 pub struct App {
@@ -33,6 +36,8 @@ pub struct App {
     draining: AtomicBool,
     /// Reloads from SIGHUP and the watcher run one at a time.
     reloading: Mutex<()>,
+    /// The HTTPS listener's certificates, when it runs.
+    resolver: Option<Arc<Resolver>>,
 }
 
 impl App {
@@ -54,20 +59,27 @@ impl App {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let loaded = match config::load(&self.config_path) {
             Ok(l) => l,
-            Err(e) => {
-                let message = e.to_string();
-                tracing::error!(trigger = why, error = %message, "config reload failed; keeping the last good config");
-                self.metrics().reloads.with_label_values(&["failure"]).inc();
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
-                return;
-            }
+            Err(e) => return self.fail(why, e.to_string()),
         };
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // Certificates are reloaded when their files change, even if the
+        // config did not.
+        let certs_ok = self.reload_certs(&loaded.config);
         if loaded.sha256 == self.shared.table.load().source.sha256 {
+            if certs_ok {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             tracing::debug!(trigger = why, "config unchanged");
             return;
         }
+        let upstream_tls = match upstream_tls(&loaded.config) {
+            Ok(t) => t,
+            Err(e) => return self.fail(why, format!("{e:#}")),
+        };
+        if certs_ok {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         self.warn_restart_only(&loaded.config);
+        self.shared.upstream_tls.store(Arc::new(upstream_tls));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = RoutingTable::build(&loaded, generation, &self.registry, self.metrics());
         let weights = describe_weights(&table);
@@ -75,6 +87,52 @@ impl App {
         self.shared.table.store(Arc::new(table));
         self.record_success(generation);
         tracing::info!(trigger = why, generation, sha256 = %loaded.sha256, weights = %weights, "config reloaded");
+    }
+
+    fn fail(&self, why: &str, message: String) {
+        tracing::error!(trigger = why, error = %message, "config reload failed; keeping the last good config");
+        self.metrics().reloads.with_label_values(&["failure"]).inc();
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    /// Swaps in the certificates if their files changed; a bad pair is
+    /// rejected and the old certificates keep serving. False on failure.
+    fn reload_certs(&self, config: &Config) -> bool {
+        let (Some(resolver), Some(spec)) = (&self.resolver, &config.tls) else {
+            return true;
+        };
+        if CertStore::digest_of(spec) == resolver.store.load().digest {
+            return true;
+        }
+        match CertStore::load(spec) {
+            Ok(store) => {
+                record_expiry(self.metrics(), &store);
+                let names: Vec<&str> = store.certs.iter().map(|c| c.label.as_str()).collect();
+                tracing::info!(certs = ?names, "certificates reloaded");
+                resolver.store.store(Arc::new(store));
+                true
+            }
+            Err(e) => {
+                self.fail("certificate change", format!("certificate reload failed, keeping the current ones: {e:#}"));
+                false
+            }
+        }
+    }
+
+    /// Directories to watch: the config's, and those of its certificates.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.config_path.clone()];
+        for c in self.started_with.tls.iter().flat_map(|t| t.certs.iter()) {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| std::path::absolute(f).ok()?.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
     }
 
     fn record_success(&self, generation: u64) {
@@ -89,6 +147,7 @@ impl App {
         let old = &self.started_with;
         let changed = [
             ("listen.http", old.listen_http != new.listen_http),
+            ("listen.https", old.listen_https != new.listen_https),
             ("admin.listen", old.admin != new.admin),
             ("timeouts", old.timeouts != new.timeouts),
             ("limits", old.limits != new.limits),
@@ -98,6 +157,33 @@ impl App {
         for (key, _) in changed.iter().filter(|(_, c)| *c) {
             tracing::warn!(key, "this setting changes only on restart; ignored until then");
         }
+    }
+}
+
+/// The client TLS config of every `https://` endpoint, by authority.
+fn upstream_tls(config: &Config) -> anyhow::Result<HashMap<http::uri::Authority, Arc<rustls::ClientConfig>>> {
+    let mut map = HashMap::new();
+    for b in &config.backends {
+        let https: Vec<_> = b.endpoints.iter().filter(|e| e.scheme == http::uri::Scheme::HTTPS).collect();
+        if https.is_empty() {
+            continue;
+        }
+        if b.upstream_tls.insecure_skip_verify {
+            tracing::warn!(backend = %b.name, "insecure_skip_verify: upstream certificates are NOT verified");
+        }
+        let client = crate::tls::client_config(&b.upstream_tls).with_context(|| format!("backends.{}", b.name))?;
+        for e in https {
+            map.insert(e.authority.clone(), client.clone());
+        }
+    }
+    Ok(map)
+}
+
+fn record_expiry(metrics: &Metrics, store: &CertStore) {
+    metrics.tls_cert_expiry.reset();
+    for c in &store.certs {
+        let at = c.not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
+        metrics.tls_cert_expiry.with_label_values(&[&c.label]).set(at.as_secs_f64());
     }
 }
 
@@ -135,12 +221,28 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
     let health = HealthCheckers::new(rt.handle().clone());
     health.sync(&table.backends, &health_specs(&config));
-    let shared = Arc::new(Shared::new(table, metrics, config.timeouts.clone(), config.limits.clone()));
+    let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
+    shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
     let http = config.listen_http.context("listen.http is required")?;
     let listeners = Listeners::bind(http, config.workers).with_context(|| format!("cannot listen on {http}"))?;
     tracing::info!(listener = "http", addr = %listeners.addr, workers = config.workers, "listening");
+    let mut resolver = None;
+    let https = match config.listen_https {
+        None => None,
+        Some(addr) => {
+            let spec = config.tls.as_ref().context("listen.https needs [tls]")?;
+            let store = CertStore::load(spec)?;
+            record_expiry(&metrics, &store);
+            let r = Arc::new(Resolver { store: ArcSwap::from_pointee(store) });
+            let acceptor = TlsAcceptor::from(crate::tls::server_config(r.clone())?);
+            resolver = Some(r);
+            let l = Listeners::bind(addr, config.workers).with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(listener = "https", addr = %l.addr, "listening");
+            Some((l, acceptor))
+        }
+    };
     let (stop, stopped) = watch::channel(false);
-    let workers = spawn_workers(shared.clone(), listeners, stopped);
+    let workers = spawn_workers(shared.clone(), listeners, https, stopped);
 
     let app = Arc::new(App {
         shared,
@@ -152,6 +254,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         last_error: Mutex::new(None),
         draining: AtomicBool::new(false),
         reloading: Mutex::new(()),
+        resolver,
     });
     app.record_success(1);
 

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod status;
+pub mod tls;
 pub mod upstream;

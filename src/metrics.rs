@@ -49,6 +49,7 @@ pub struct Metrics {
     failovers: IntCounterVec,
     pub ejections: IntCounterVec,
     pub endpoint_healthy: IntGaugeVec,
+    pub tls_cert_expiry: prometheus::GaugeVec,
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -126,6 +127,11 @@ impl Metrics {
             &["backend", "endpoint"],
         )
         .expect("valid metric");
+        let tls_cert_expiry = prometheus::GaugeVec::new(
+            Opts::new("cutover_tls_cert_expiry_timestamp_seconds", "Unix time at which a served certificate expires."),
+            &["name"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("cutover_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -150,6 +156,7 @@ impl Metrics {
             Box::new(failovers.clone()),
             Box::new(ejections.clone()),
             Box::new(endpoint_healthy.clone()),
+            Box::new(tls_cert_expiry.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
@@ -173,6 +180,7 @@ impl Metrics {
             failovers,
             ejections,
             endpoint_healthy,
+            tls_cert_expiry,
         }
     }
 

@@ -24,6 +24,8 @@ pub use validate::parse_endpoint;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_http: Option<SocketAddr>,
+    pub listen_https: Option<SocketAddr>,
+    pub tls: Option<TlsSpec>,
     pub admin: Option<SocketAddr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -60,6 +62,15 @@ pub struct BackendSpec {
     pub health: Option<HealthSpec>,
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
+    pub upstream_tls: UpstreamTls,
+}
+
+/// How `https://` endpoints of a backend are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// PEM CA bundle; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
 }
 
 /// Active health checks of every endpoint of a backend.
@@ -106,6 +117,21 @@ impl std::fmt::Display for EndpointSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}://{}", self.scheme, self.authority)
     }
+}
+
+/// The HTTPS listener's certificates; the first is the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    pub certs: Vec<CertSpec>,
+    pub handshake_timeout: Duration,
+}
+
+/// A PEM certificate chain and its key, paths resolved against the config's
+/// directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// How a backend spreads requests over its endpoints.

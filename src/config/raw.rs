@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub metrics: RawMetrics,
+    pub tls: Option<Spanned<RawTls>>,
     pub backends: Spanned<BTreeMap<Str, RawBackend>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -33,6 +34,21 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub http: Option<Str>,
+    pub https: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certs: Spanned<Vec<Spanned<RawCert>>>,
+    pub handshake_timeout: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: Str,
+    pub key: Str,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +98,9 @@ pub struct RawBackend {
     pub retries: Option<Spanned<i64>>,
     pub retry_on: Option<Spanned<Vec<Str>>>,
     pub retry_buffer_bytes: Option<Spanned<i64>>,
+    pub ca: Option<Str>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]

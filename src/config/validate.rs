@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::raw::{RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRoute, RawSticky, Str};
 use super::{
-    Balance, BackendSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec, HostMatch,
+    Balance, BackendSpec, CertSpec, Config, TlsSpec, UpstreamTls, ConfigError, Diagnostic, EndpointSpec, HealthSpec, HostMatch,
     Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, StickySpec, Timeouts,
 };
 
@@ -63,6 +63,22 @@ impl Validator<'_> {
                 0,
                 "listen: `http` is required".to_owned(),
             ));
+        }
+        let listen_https = raw.listen.https.as_ref().and_then(|a| self.socket_addr("listen.https", a));
+        let tls = raw.tls.as_ref().map(|t| TlsSpec {
+            certs: t.get_ref().certs.get_ref().iter().map(|c| CertSpec {
+                cert: self.dir.join(c.get_ref().cert.get_ref()),
+                key: self.dir.join(c.get_ref().key.get_ref()),
+            }).collect(),
+            handshake_timeout: self.duration("tls.handshake_timeout", &t.get_ref().handshake_timeout, 10),
+        });
+        if let Some(t) = &raw.tls {
+            if t.get_ref().certs.get_ref().is_empty() {
+                self.error(&t.get_ref().certs, "tls.certs: at least one { cert, key } is required".into());
+            }
+        }
+        if let (Some(h), None) = (&raw.listen.https, &raw.tls) {
+            self.error(h, "listen.https: needs a [tls] section with certs".into());
         }
         let admin = raw.admin.as_ref().and_then(|a| self.socket_addr("admin.listen", &a.listen));
         let t = &raw.timeouts;
@@ -118,6 +134,8 @@ impl Validator<'_> {
         }
         Config {
             listen_http,
+            listen_https,
+            tls,
             admin,
             timeouts,
             limits,
@@ -207,6 +225,10 @@ impl Validator<'_> {
             on_5xx,
             buffer_bytes: self.int(&format!("{key}.retry_buffer_bytes"), &raw.retry_buffer_bytes, 65536, 0, 16 << 20),
         };
+        let upstream_tls = UpstreamTls {
+            ca: raw.ca.as_ref().map(|c| self.dir.join(c.get_ref())),
+            insecure_skip_verify: raw.insecure_skip_verify,
+        };
         BackendSpec {
             name: name.get_ref().clone(),
             endpoints,
@@ -214,6 +236,7 @@ impl Validator<'_> {
             health,
             outlier,
             retry,
+            upstream_tls,
         }
     }
 

@@ -4,6 +4,7 @@
 //! Covered: an in-place write; write-to-temp then rename (vim, `sed -i`); a
 //! ConfigMap volume, where `..data` is a symlink swapped to a new directory;
 //! delete then re-create. A reload whose content hash is unchanged is a no-op.
+//! The directories of the TLS certificates are watched the same way.
 
 use std::sync::Arc;
 
@@ -15,18 +16,18 @@ use crate::app::{App, DEBOUNCE};
 
 /// Starts watching; the returned watcher must be kept alive.
 pub fn spawn(app: Arc<App>) -> anyhow::Result<notify::RecommendedWatcher> {
-    let path = std::path::absolute(&app.config_path)?;
-    let dir = path.parent().context("the config file has no parent directory")?.to_path_buf();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
         }
     })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .with_context(|| format!("cannot watch {}", dir.display()))?;
-    tracing::info!(dir = %dir.display(), "watching config directory");
+    for dir in app.watched_dirs() {
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "watching directory");
+    }
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: let the burst (truncate + write, or a symlink dance)

@@ -15,6 +15,7 @@ use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
@@ -23,6 +24,7 @@ use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 use crate::upstream::client;
+use crate::upstream::connector::TlsConfigs;
 
 /// State shared by every worker thread.
 pub struct Shared {
@@ -31,14 +33,20 @@ pub struct Shared {
     /// Fixed at start; a reload that changes them is reported, not applied.
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub tls_handshake_timeout: std::time::Duration,
+    /// Client configs for `https://` endpoints, swapped on reload.
+    pub upstream_tls: Arc<TlsConfigs>,
     connections: Arc<Semaphore>,
 }
 
 impl Shared {
-    pub fn new(table: RoutingTable, metrics: Arc<Metrics>, timeouts: Timeouts, limits: Limits) -> Shared {
+    pub fn new(table: RoutingTable, metrics: Arc<Metrics>, config: &crate::config::Config) -> Shared {
+        let (timeouts, limits) = (config.timeouts.clone(), config.limits.clone());
         Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
+            tls_handshake_timeout: config.tls.as_ref().map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
+            upstream_tls: Arc::default(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             timeouts,
             limits,
@@ -77,16 +85,26 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// Starts one worker thread per listener socket. Each returns once `shutdown`
-/// turned true and its connections finished.
-pub fn spawn_workers(shared: Arc<Shared>, listeners: Listeners, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    listeners
-        .sockets
+/// Starts one worker thread per `http` listener socket; each also accepts on
+/// its share of the `https` sockets. Each returns once `shutdown` turned
+/// true and its connections finished.
+pub fn spawn_workers(
+    shared: Arc<Shared>,
+    http: Listeners,
+    https: Option<(Listeners, TlsAcceptor)>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let (mut tls_sockets, acceptor) = match https {
+        Some((l, a)) => (l.sockets.into_iter().map(Some).collect(), Some(a)),
+        None => (Vec::new(), None),
+    };
+    http.sockets
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
             let shared = shared.clone();
             let shutdown = shutdown.clone();
+            let tls = tls_sockets.get_mut(i).and_then(Option::take).zip(acceptor.clone());
             std::thread::Builder::new()
                 .name(format!("cutover-worker-{i}"))
                 .spawn(move || {
@@ -94,14 +112,44 @@ pub fn spawn_workers(shared: Arc<Shared>, listeners: Listeners, shutdown: watch:
                         .enable_all()
                         .build()
                         .expect("a runtime starts");
-                    rt.block_on(worker(shared, socket, shutdown));
+                    rt.block_on(worker(shared, socket, tls, shutdown));
                 })
                 .expect("a thread starts")
         })
         .collect()
 }
 
-async fn worker(shared: Arc<Shared>, socket: std::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+async fn worker(
+    shared: Arc<Shared>,
+    http: std::net::TcpListener,
+    https: Option<(std::net::TcpListener, TlsAcceptor)>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let worker = Arc::new(Worker {
+        client: client::build(&shared.timeouts, shared.upstream_tls.clone()),
+        shared: shared.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let plain = accept_loop(worker.clone(), http, None, tracker.clone(), shutdown.clone());
+    match https {
+        Some((socket, acceptor)) => {
+            let tls = accept_loop(worker, socket, Some(acceptor), tracker.clone(), shutdown);
+            tokio::join!(plain, tls);
+        }
+        None => plain.await,
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Accepts connections until shutdown; each is served on its own task.
+async fn accept_loop(
+    worker: Arc<Worker>,
+    socket: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    tracker: TaskTracker,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let listener = match tokio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {
@@ -109,12 +157,8 @@ async fn worker(shared: Arc<Shared>, socket: std::net::TcpListener, mut shutdown
             return;
         }
     };
+    let shared = worker.shared.clone();
     let builder = http_builder(&shared.timeouts, &shared.limits);
-    let worker = Arc::new(Worker {
-        client: client::build(&shared.timeouts),
-        shared: shared.clone(),
-    });
-    let tracker = TaskTracker::new();
     loop {
         // Take a connection slot first: past max_connections, new
         // connections wait in the kernel's accept queue.
@@ -137,16 +181,25 @@ async fn worker(shared: Arc<Shared>, socket: std::net::TcpListener, mut shutdown
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo::new(peer, false));
-        let task = serve(worker.clone(), builder.clone(), stream, conn, shutdown.clone());
+        let (worker, builder, shutdown) = (worker.clone(), builder.clone(), shutdown.clone());
+        let tls = tls.clone();
         tracker.spawn(async move {
-            task.await;
+            match tls {
+                None => serve(worker, builder, stream, Arc::new(ConnInfo::new(peer, false)), shutdown).await,
+                Some(acceptor) => {
+                    let limit = worker.shared.tls_handshake_timeout;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            serve(worker, builder, tls, Arc::new(ConnInfo::new(peer, true)), shutdown).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
 }
 
 /// hyper's server settings, every limit explicit.

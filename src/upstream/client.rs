@@ -9,16 +9,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use std::sync::Arc;
+
+use super::connector::{Connector, TlsConfigs};
 use crate::config::Timeouts;
 use crate::proxy::body::RequestBody;
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+pub type UpstreamClient = Client<Connector, RequestBody>;
 
 /// How long an unused upstream connection stays in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-pub fn build(timeouts: &Timeouts) -> UpstreamClient {
+pub fn build(timeouts: &Timeouts, tls: Arc<TlsConfigs>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
     connector.set_connect_timeout(Some(timeouts.connect));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -27,5 +31,5 @@ pub fn build(timeouts: &Timeouts) -> UpstreamClient {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_max_idle_per_host(1024)
-        .build(connector)
+        .build(Connector::new(connector, tls))
 }

@@ -280,6 +280,7 @@ mod tests {
                 max_ejected_percent: 50,
             },
             retry: RetrySpec { retries: 2, on_5xx: false, buffer_bytes: 0 },
+            upstream_tls: Default::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod connector;
 pub mod endpoint;
 pub mod health;
 
