@@ -7,8 +7,8 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
- && install -m 0755 target/release/cutover /usr/local/bin/cutover
+RUN cargo build --profile dist --locked \
+ && install -m 0755 target/dist/cutover /usr/local/bin/cutover
 
 # ---- runtime stage
 FROM debian:bookworm-slim
