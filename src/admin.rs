@@ -44,7 +44,9 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if app.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        "/readyz" if app.is_draining() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        }
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/metrics" => {
             refresh_endpoint_gauges(app);
@@ -58,17 +60,26 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/admin/state" => {
             let body = serde_json::to_string_pretty(&state(app)).unwrap_or_default();
             let mut r = text(StatusCode::OK, body + "\n");
-            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             r
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz /readyz /metrics /admin/state\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz /readyz /metrics /admin/state\n".into(),
+        ),
     }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -80,7 +91,9 @@ fn refresh_endpoint_gauges(app: &App) {
     gauge.reset();
     for b in table.backends.iter() {
         for e in b.endpoints.iter() {
-            gauge.with_label_values(&[&*b.name, &*e.label]).set(i64::from(e.is_available()));
+            gauge
+                .with_label_values(&[&*b.name, &*e.label])
+                .set(i64::from(e.is_available()));
         }
     }
 }
@@ -89,7 +102,11 @@ fn refresh_endpoint_gauges(app: &App) {
 pub fn state(app: &App) -> Value {
     let table = app.shared.table.load_full();
     let counts = request_counts(app);
-    let loaded_at = table.source.loaded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let loaded_at = table
+        .source
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     json!({
         "config": {
             "path": table.source.path.display().to_string(),
@@ -116,7 +133,11 @@ fn request_counts(app: &App) -> HashMap<(String, String), Counts> {
     for family in app.metrics().requests_family().collect() {
         for m in family.get_metric() {
             let label = |name: &str| {
-                m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned()).unwrap_or_default()
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
             };
             let n = m.get_counter().value() as u64;
             let c = out.entry((label("route"), label("backend"))).or_default();
@@ -182,7 +203,12 @@ fn routes(table: &RoutingTable, counts: &HashMap<(String, String), Counts>) -> V
 /// `None` before the first observation.
 pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
     let metrics = h.collect();
-    let hist = metrics.first()?.get_metric().first()?.get_histogram().clone();
+    let hist = metrics
+        .first()?
+        .get_metric()
+        .first()?
+        .get_histogram()
+        .clone();
     let total = hist.get_sample_count();
     if total == 0 {
         return None;
@@ -194,7 +220,11 @@ pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
         let count = b.cumulative_count();
         if count as f64 >= rank {
             let in_bucket = (count - prev_count) as f64;
-            let frac = if in_bucket > 0.0 { (rank - prev_count as f64) / in_bucket } else { 1.0 };
+            let frac = if in_bucket > 0.0 {
+                (rank - prev_count as f64) / in_bucket
+            } else {
+                1.0
+            };
             return Some(prev_bound + (b.upper_bound() - prev_bound) * frac);
         }
         prev_bound = b.upper_bound();

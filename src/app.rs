@@ -17,8 +17,8 @@ use crate::metrics::Metrics;
 use crate::proxy::server::spawn_workers;
 use crate::proxy::{Listeners, Shared};
 use crate::routing::RoutingTable;
-use crate::upstream::EndpointRegistry;
 use crate::tls::{CertStore, Resolver};
+use crate::upstream::EndpointRegistry;
 use crate::upstream::health::HealthCheckers;
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
@@ -46,7 +46,10 @@ impl App {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -83,7 +86,8 @@ impl App {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = RoutingTable::build(&loaded, generation, &self.registry, self.metrics());
         let weights = describe_weights(&table);
-        self.health.sync(&table.backends, &health_specs(&loaded.config));
+        self.health
+            .sync(&table.backends, &health_specs(&loaded.config));
         self.shared.table.store(Arc::new(table));
         self.record_success(generation);
         tracing::info!(trigger = why, generation, sha256 = %loaded.sha256, weights = %weights, "config reloaded");
@@ -113,7 +117,10 @@ impl App {
                 true
             }
             Err(e) => {
-                self.fail("certificate change", format!("certificate reload failed, keeping the current ones: {e:#}"));
+                self.fail(
+                    "certificate change",
+                    format!("certificate reload failed, keeping the current ones: {e:#}"),
+                );
                 false
             }
         }
@@ -139,7 +146,9 @@ impl App {
         let m = self.metrics();
         m.reloads.with_label_values(&["success"]).inc();
         m.generation.set(generation as i64);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         m.last_reload_success.set(now.as_secs_f64());
     }
 
@@ -155,23 +164,33 @@ impl App {
             ("metrics.buckets", old.metric_buckets != new.metric_buckets),
         ];
         for (key, _) in changed.iter().filter(|(_, c)| *c) {
-            tracing::warn!(key, "this setting changes only on restart; ignored until then");
+            tracing::warn!(
+                key,
+                "this setting changes only on restart; ignored until then"
+            );
         }
     }
 }
 
 /// The client TLS config of every `https://` endpoint, by authority.
-fn upstream_tls(config: &Config) -> anyhow::Result<HashMap<http::uri::Authority, Arc<rustls::ClientConfig>>> {
+fn upstream_tls(
+    config: &Config,
+) -> anyhow::Result<HashMap<http::uri::Authority, Arc<rustls::ClientConfig>>> {
     let mut map = HashMap::new();
     for b in &config.backends {
-        let https: Vec<_> = b.endpoints.iter().filter(|e| e.scheme == http::uri::Scheme::HTTPS).collect();
+        let https: Vec<_> = b
+            .endpoints
+            .iter()
+            .filter(|e| e.scheme == http::uri::Scheme::HTTPS)
+            .collect();
         if https.is_empty() {
             continue;
         }
         if b.upstream_tls.insecure_skip_verify {
             tracing::warn!(backend = %b.name, "insecure_skip_verify: upstream certificates are NOT verified");
         }
-        let client = crate::tls::client_config(&b.upstream_tls).with_context(|| format!("backends.{}", b.name))?;
+        let client = crate::tls::client_config(&b.upstream_tls)
+            .with_context(|| format!("backends.{}", b.name))?;
         for e in https {
             map.insert(e.authority.clone(), client.clone());
         }
@@ -183,7 +202,10 @@ fn record_expiry(metrics: &Metrics, store: &CertStore) {
     metrics.tls_cert_expiry.reset();
     for c in &store.certs {
         let at = c.not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
-        metrics.tls_cert_expiry.with_label_values(&[&c.label]).set(at.as_secs_f64());
+        metrics
+            .tls_cert_expiry
+            .with_label_values(&[&c.label])
+            .set(at.as_secs_f64());
     }
 }
 
@@ -202,7 +224,11 @@ fn describe_weights(table: &RoutingTable) -> String {
         .routes
         .iter()
         .map(|r| {
-            let w: Vec<String> = r.backends.iter().map(|b| format!("{}={}", b.backend.name, b.weight)).collect();
+            let w: Vec<String> = r
+                .backends
+                .iter()
+                .map(|b| format!("{}={}", b.backend.name, b.weight))
+                .collect();
             format!("{}: {}", r.name, w.join(" "))
         })
         .collect::<Vec<_>>()
@@ -215,7 +241,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = loaded.config.clone();
     // The control plane (admin, watcher, health checks, signals) runs on
     // this thread; the data plane on the worker threads.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let metrics = Arc::new(Metrics::new(&config.metric_buckets));
     let registry = EndpointRegistry::new(metrics.ejections.clone());
     let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
@@ -224,7 +252,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
     shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
     let http = config.listen_http.context("listen.http is required")?;
-    let listeners = Listeners::bind(http, config.workers).with_context(|| format!("cannot listen on {http}"))?;
+    let listeners = Listeners::bind(http, config.workers)
+        .with_context(|| format!("cannot listen on {http}"))?;
     tracing::info!(listener = "http", addr = %listeners.addr, workers = config.workers, "listening");
     let mut resolver = None;
     let https = match config.listen_https {
@@ -233,10 +262,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             let spec = config.tls.as_ref().context("listen.https needs [tls]")?;
             let store = CertStore::load(spec)?;
             record_expiry(&metrics, &store);
-            let r = Arc::new(Resolver { store: ArcSwap::from_pointee(store) });
+            let r = Arc::new(Resolver {
+                store: ArcSwap::from_pointee(store),
+            });
             let acceptor = TlsAcceptor::from(crate::tls::server_config(r.clone())?);
             resolver = Some(r);
-            let l = Listeners::bind(addr, config.workers).with_context(|| format!("cannot listen on {addr}"))?;
+            let l = Listeners::bind(addr, config.workers)
+                .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(listener = "https", addr = %l.addr, "listening");
             Some((l, acceptor))
         }

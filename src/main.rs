@@ -9,7 +9,11 @@ use cutover::config::edit::{self, Edit};
 use cutover::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "cutover", version, about = "A reverse proxy for blue/green and canary releases")]
+#[command(
+    name = "cutover",
+    version,
+    about = "A reverse proxy for blue/green and canary releases"
+)]
 struct Cli {
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -64,8 +68,12 @@ enum Command {
 }
 
 fn parse_weight(s: &str) -> Result<(String, u32), String> {
-    let (name, w) = s.split_once('=').ok_or_else(|| format!("\"{s}\" is not BACKEND=WEIGHT"))?;
-    let w = w.parse().map_err(|_| format!("\"{w}\" is not a whole number"))?;
+    let (name, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("\"{s}\" is not BACKEND=WEIGHT"))?;
+    let w = w
+        .parse()
+        .map_err(|_| format!("\"{w}\" is not a whole number"))?;
     Ok((name.to_owned(), w))
 }
 
@@ -78,7 +86,11 @@ fn main() -> ExitCode {
             .map(|_| println!("{}: ok", config.display()))
             .map_err(Into::into),
         Command::Demo { http, admin } => cutover::demo::run(http, admin),
-        Command::Set { config, route, weights } => edit_and_print(&config, route.as_deref(), Edit::Set(&weights)),
+        Command::Set {
+            config,
+            route,
+            weights,
+        } => edit_and_print(&config, route.as_deref(), Edit::Set(&weights)),
         Command::Rollback { config, to, route } => {
             edit_and_print(&config, route.as_deref(), Edit::Rollback { to: &to })
         }
@@ -93,7 +105,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn edit_and_print(config: &std::path::Path, route: Option<&str>, e: Edit<'_>) -> anyhow::Result<()> {
+fn edit_and_print(
+    config: &std::path::Path,
+    route: Option<&str>,
+    e: Edit<'_>,
+) -> anyhow::Result<()> {
     for line in edit::apply(config, route, e)? {
         println!("{line}");
     }

@@ -21,7 +21,8 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 4] = [Self::Connect, Self::Timeout, Self::Reset, Self::Protocol];
+    pub const ALL: [UpstreamErrorKind; 4] =
+        [Self::Connect, Self::Timeout, Self::Reset, Self::Protocol];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,30 +71,46 @@ impl Metrics {
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new("cutover_request_duration_seconds", "Time from request head received to response head sent.")
-                .buckets(buckets.to_vec()),
+            HistogramOpts::new(
+                "cutover_request_duration_seconds",
+                "Time from request head received to response head sent.",
+            )
+            .buckets(buckets.to_vec()),
             &["route", "backend"],
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("cutover_upstream_errors_total", "Failed upstream exchanges by kind: connect, timeout, reset, protocol."),
+            Opts::new(
+                "cutover_upstream_errors_total",
+                "Failed upstream exchanges by kind: connect, timeout, reset, protocol.",
+            ),
             &["route", "backend", "kind"],
         )
         .expect("valid metric");
         let weight = IntGaugeVec::new(
-            Opts::new("cutover_backend_weight", "The weight in force for a backend of a route."),
+            Opts::new(
+                "cutover_backend_weight",
+                "The weight in force for a backend of a route.",
+            ),
             &["route", "backend"],
         )
         .expect("valid metric");
         let in_flight = IntGaugeVec::new(
-            Opts::new("cutover_requests_in_flight", "Requests waiting for or streaming a response."),
+            Opts::new(
+                "cutover_requests_in_flight",
+                "Requests waiting for or streaming a response.",
+            ),
             &["route", "backend"],
         )
         .expect("valid metric");
         let connections_open =
-            IntGauge::new("cutover_connections_open", "Client connections open.").expect("valid metric");
+            IntGauge::new("cutover_connections_open", "Client connections open.")
+                .expect("valid metric");
         let reloads = IntCounterVec::new(
-            Opts::new("cutover_config_reloads_total", "Config reloads by result: success or failure."),
+            Opts::new(
+                "cutover_config_reloads_total",
+                "Config reloads by result: success or failure.",
+            ),
             &["result"],
         )
         .expect("valid metric");
@@ -108,27 +125,42 @@ impl Metrics {
         )
         .expect("valid metric");
         let retries = IntCounterVec::new(
-            Opts::new("cutover_retries_total", "Requests sent again, by reason: connect or 5xx."),
+            Opts::new(
+                "cutover_retries_total",
+                "Requests sent again, by reason: connect or 5xx.",
+            ),
             &["route", "backend", "reason"],
         )
         .expect("valid metric");
         let failovers = IntCounterVec::new(
-            Opts::new("cutover_failovers_total", "Requests sent to another backend because theirs had nothing available."),
+            Opts::new(
+                "cutover_failovers_total",
+                "Requests sent to another backend because theirs had nothing available.",
+            ),
             &["route", "from", "to"],
         )
         .expect("valid metric");
         let ejections = IntCounterVec::new(
-            Opts::new("cutover_endpoint_ejections_total", "Passive ejections after consecutive failures."),
+            Opts::new(
+                "cutover_endpoint_ejections_total",
+                "Passive ejections after consecutive failures.",
+            ),
             &["backend", "endpoint"],
         )
         .expect("valid metric");
         let endpoint_healthy = IntGaugeVec::new(
-            Opts::new("cutover_endpoint_healthy", "1 when an endpoint takes traffic: health check passing and not ejected."),
+            Opts::new(
+                "cutover_endpoint_healthy",
+                "1 when an endpoint takes traffic: health check passing and not ejected.",
+            ),
             &["backend", "endpoint"],
         )
         .expect("valid metric");
         let tls_cert_expiry = prometheus::GaugeVec::new(
-            Opts::new("cutover_tls_cert_expiry_timestamp_seconds", "Unix time at which a served certificate expires."),
+            Opts::new(
+                "cutover_tls_cert_expiry_timestamp_seconds",
+                "Unix time at which a served certificate expires.",
+            ),
             &["name"],
         )
         .expect("valid metric");
@@ -137,7 +169,9 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
@@ -163,7 +197,9 @@ impl Metrics {
         }
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("process metrics register once");
         Metrics {
             registry,
@@ -194,15 +230,20 @@ impl Metrics {
     /// route matched.
     pub fn route(&self, route: &str, backend: &str, weight: Option<u32>) -> RouteMetrics {
         if let Some(w) = weight {
-            self.weight.with_label_values(&[route, backend]).set(i64::from(w));
+            self.weight
+                .with_label_values(&[route, backend])
+                .set(i64::from(w));
         }
         let labels = [route, backend];
         RouteMetrics(Arc::new(Handles {
             duration: self.duration.with_label_values(&labels),
             in_flight: self.in_flight.with_label_values(&labels),
-            errors: UpstreamErrorKind::ALL
-                .map(|k| self.upstream_errors.with_label_values(&[route, backend, k.as_str()])),
-            retries: ["connect", "5xx"].map(|r| self.retries.with_label_values(&[route, backend, r])),
+            errors: UpstreamErrorKind::ALL.map(|k| {
+                self.upstream_errors
+                    .with_label_values(&[route, backend, k.as_str()])
+            }),
+            retries: ["connect", "5xx"]
+                .map(|r| self.retries.with_label_values(&[route, backend, r])),
             codes: Codes {
                 vec: self.requests.clone(),
                 route: route.into(),
@@ -290,7 +331,9 @@ impl Codes {
                 .with_label_values(&[&self.route, &self.backend, code.as_str(), ov])
         };
         match COMMON.iter().position(|c| *c == code) {
-            Some(i) => self.common[usize::from(overridden)][i].get_or_init(resolve).inc(),
+            Some(i) => self.common[usize::from(overridden)][i]
+                .get_or_init(resolve)
+                .inc(),
             None => resolve().inc(),
         }
     }
@@ -315,9 +358,17 @@ mod tests {
         h.upstream_error(UpstreamErrorKind::Timeout);
         let text = m.render();
         assert!(text.contains(r#"cutover_requests_total{backend="blue",code="200",override="false",route="app"} 2"#), "{text}");
-        assert!(text.contains(r#"cutover_requests_total{backend="blue",code="418",override="true",route="app"} 1"#));
-        assert!(text.contains(r#"cutover_request_duration_seconds_count{backend="blue",route="app"} 3"#));
-        assert!(text.contains(r#"cutover_upstream_errors_total{backend="blue",kind="timeout",route="app"} 1"#));
+        assert!(text.contains(
+            r#"cutover_requests_total{backend="blue",code="418",override="true",route="app"} 1"#
+        ));
+        assert!(
+            text.contains(
+                r#"cutover_request_duration_seconds_count{backend="blue",route="app"} 3"#
+            )
+        );
+        assert!(text.contains(
+            r#"cutover_upstream_errors_total{backend="blue",kind="timeout",route="app"} 1"#
+        ));
         assert!(text.contains(r#"cutover_backend_weight{backend="blue",route="app"} 90"#));
     }
 }

@@ -9,16 +9,32 @@ use serde_json::Value;
 
 pub fn run(admin: &str) -> anyhow::Result<()> {
     let base = admin.trim_end_matches('/');
-    let uri: http::Uri = format!("{base}/admin/state").parse().context("--admin must be a URL like http://127.0.0.1:9901")?;
-    let authority = uri.authority().context("--admin needs host:port")?.to_string();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let uri: http::Uri = format!("{base}/admin/state")
+        .parse()
+        .context("--admin must be a URL like http://127.0.0.1:9901")?;
+    let authority = uri
+        .authority()
+        .context("--admin needs host:port")?
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let body = rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(&authority).await.with_context(|| format!("cannot connect to {authority}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = http::Request::get(uri.path()).header("host", &authority).body(Empty::<Bytes>::new())?;
+        let req = http::Request::get(uri.path())
+            .header("host", &authority)
+            .body(Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
-        anyhow::ensure!(resp.status().is_success(), "admin answered {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "admin answered {}",
+            resp.status()
+        );
         anyhow::Ok(resp.into_body().collect().await?.to_bytes())
     })?;
     let state: Value = serde_json::from_slice(&body)?;
@@ -39,13 +55,20 @@ pub fn render(state: &Value) -> String {
         out.push_str(&format!("last reload FAILED: {err}\n"));
     }
     for route in state["routes"].as_array().into_iter().flatten() {
-        out.push_str(&format!("\nroute {}\n", route["name"].as_str().unwrap_or("?")));
+        out.push_str(&format!(
+            "\nroute {}\n",
+            route["name"].as_str().unwrap_or("?")
+        ));
         out.push_str(&format!(
             "  {:<12} {:>6} {:>12} {:>10} {:>7} {:>7} {:>9} {:>9} {:>9}\n",
             "backend", "weight", "buckets", "requests", "5xx", "5xx %", "p50", "p90", "p99"
         ));
         for b in route["backends"].as_array().into_iter().flatten() {
-            let lat = |q: &str| b["latency_seconds"][q].as_f64().map_or("-".to_owned(), |s| format!("{:.1}ms", s * 1000.0));
+            let lat = |q: &str| {
+                b["latency_seconds"][q]
+                    .as_f64()
+                    .map_or("-".to_owned(), |s| format!("{:.1}ms", s * 1000.0))
+            };
             out.push_str(&format!(
                 "  {:<12} {:>6} {:>12} {:>10} {:>7} {:>6.2}% {:>9} {:>9} {:>9}\n",
                 b["name"].as_str().unwrap_or("?"),

@@ -24,7 +24,9 @@ const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// One loaded certificate chain and key.
@@ -95,8 +97,10 @@ impl CertStore {
 }
 
 fn load_pair(spec: &CertSpec) -> anyhow::Result<(LoadedCert, Vec<u8>)> {
-    let cert_pem = std::fs::read(&spec.cert).with_context(|| format!("cannot read {}", spec.cert.display()))?;
-    let key_pem = std::fs::read(&spec.key).with_context(|| format!("cannot read {}", spec.key.display()))?;
+    let cert_pem = std::fs::read(&spec.cert)
+        .with_context(|| format!("cannot read {}", spec.cert.display()))?;
+    let key_pem =
+        std::fs::read(&spec.key).with_context(|| format!("cannot read {}", spec.key.display()))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", spec.cert.display()))?;
@@ -111,12 +115,17 @@ fn load_pair(spec: &CertSpec) -> anyhow::Result<(LoadedCert, Vec<u8>)> {
         .load_private_key(key)
         .with_context(|| format!("{}: unsupported private key", spec.key.display()))?;
     let certified = CertifiedKey::new(chain.clone(), signing);
-    certified
-        .keys_match()
-        .with_context(|| format!("{} does not match the key {}", spec.cert.display(), spec.key.display()))?;
+    certified.keys_match().with_context(|| {
+        format!(
+            "{} does not match the key {}",
+            spec.cert.display(),
+            spec.key.display()
+        )
+    })?;
     let (_, x509) = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|e| anyhow::anyhow!("{}: {e}", spec.cert.display()))?;
-    let not_after = UNIX_EPOCH + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
+    let not_after =
+        UNIX_EPOCH + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
     let mut names: Vec<String> = x509
         .subject_alternative_name()
         .ok()
@@ -126,20 +135,30 @@ fn load_pair(spec: &CertSpec) -> anyhow::Result<(LoadedCert, Vec<u8>)> {
                 .general_names
                 .iter()
                 .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
                     _ => None,
                 })
                 .collect()
         })
         .unwrap_or_default();
     if names.is_empty() {
-        names.extend(x509.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase));
+        names.extend(
+            x509.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
     }
     let now = SystemTime::now();
     if not_after < now {
         bail!("{}: certificate expired", spec.cert.display());
     }
-    let label = names.first().cloned().unwrap_or_else(|| file_name(&spec.cert));
+    let label = names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| file_name(&spec.cert));
     if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
         tracing::warn!(cert = %spec.cert.display(), name = %label, "certificate expires within 14 days");
     }
@@ -157,7 +176,9 @@ fn load_pair(spec: &CertSpec) -> anyhow::Result<(LoadedCert, Vec<u8>)> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Picks the certificate for each handshake from the store in force.
@@ -184,7 +205,8 @@ pub fn server_config(resolver: Arc<Resolver>) -> anyhow::Result<Arc<ServerConfig
 
 /// The client config for one backend's `https://` endpoints.
 pub fn client_config(spec: &UpstreamTls) -> anyhow::Result<Arc<ClientConfig>> {
-    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut config = if spec.insecure_skip_verify {
         builder
             .dangerous()
@@ -194,7 +216,8 @@ pub fn client_config(spec: &UpstreamTls) -> anyhow::Result<Arc<ClientConfig>> {
         let mut roots = RootCertStore::empty();
         match &spec.ca {
             Some(ca) => {
-                let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+                let pem =
+                    std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
                 for cert in CertificateDer::pem_slice_iter(&pem) {
                     roots.add(cert.with_context(|| format!("{}: bad PEM", ca.display()))?)?;
                 }
@@ -237,7 +260,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -246,7 +274,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

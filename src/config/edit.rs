@@ -23,27 +23,39 @@ pub enum Edit<'a> {
 /// returns one line per changed route describing the change.
 pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result<Vec<String>> {
     // Edit the symlink's target in place of the link, so the link survives.
-    let target = fs::canonicalize(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let dir = target.parent().context("config file has no directory")?.to_path_buf();
+    let target =
+        fs::canonicalize(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let dir = target
+        .parent()
+        .context("config file has no directory")?
+        .to_path_buf();
     let lock = File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
-    lock.lock().with_context(|| format!("cannot lock {}", dir.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", dir.display()))?;
 
-    let before = fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
-    let mut doc: DocumentMut = before
-        .parse()
-        .map_err(|e: toml_edit::TomlError| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    let before =
+        fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
+    let mut doc: DocumentMut = before.parse().map_err(|e: toml_edit::TomlError| {
+        anyhow::anyhow!("{}: {}", path.display(), e.message())
+    })?;
     let changes = edit_routes(&mut doc, route, &edit)?;
     let after = doc.to_string();
     // The same validation as `cutover check`, against the file's own
     // directory for relative secret files.
-    super::parse(&target, &after).map_err(|e| anyhow::anyhow!("the edited config would be invalid; file left unchanged:\n{e}"))?;
+    super::parse(&target, &after).map_err(|e| {
+        anyhow::anyhow!("the edited config would be invalid; file left unchanged:\n{e}")
+    })?;
     if after != before {
         write_atomically(&target, &dir, after.as_bytes())?;
     }
     Ok(changes)
 }
 
-fn edit_routes(doc: &mut DocumentMut, only: Option<&str>, edit: &Edit<'_>) -> anyhow::Result<Vec<String>> {
+fn edit_routes(
+    doc: &mut DocumentMut,
+    only: Option<&str>,
+    edit: &Edit<'_>,
+) -> anyhow::Result<Vec<String>> {
     let Some(routes) = doc.get_mut("routes") else {
         bail!("the config has no [[routes]]");
     };
@@ -58,7 +70,11 @@ fn edit_routes(doc: &mut DocumentMut, only: Option<&str>, edit: &Edit<'_>) -> an
     let mut changes = Vec::new();
     let mut matched = false;
     for table in tables {
-        let name = table.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+        let name = table
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_owned();
         if only.is_some_and(|o| o != name) {
             continue;
         }
@@ -66,7 +82,10 @@ fn edit_routes(doc: &mut DocumentMut, only: Option<&str>, edit: &Edit<'_>) -> an
         let Some(weights) = table.get_mut("weights").and_then(|w| w.as_table_like_mut()) else {
             bail!("route \"{name}\" has no weights table");
         };
-        let old: Vec<(String, i64)> = weights.iter().map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0))).collect();
+        let old: Vec<(String, i64)> = weights
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0)))
+            .collect();
         match edit {
             Edit::Set(pairs) => {
                 for (backend, w) in pairs.iter() {
@@ -82,7 +101,10 @@ fn edit_routes(doc: &mut DocumentMut, only: Option<&str>, edit: &Edit<'_>) -> an
                 }
             }
         }
-        let new: Vec<(String, i64)> = weights.iter().map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0))).collect();
+        let new: Vec<(String, i64)> = weights
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0)))
+            .collect();
         changes.push(describe(&name, &old, &new));
     }
     if !matched {
@@ -130,7 +152,8 @@ fn write_atomically(target: &Path, dir: &Path, bytes: &[u8]) -> anyhow::Result<(
     tmp.as_file().sync_all()?;
     fs::set_permissions(tmp.path(), perms)?;
     let target: PathBuf = target.to_path_buf();
-    tmp.persist(&target).with_context(|| format!("cannot replace {}", target.display()))?;
+    tmp.persist(&target)
+        .with_context(|| format!("cannot replace {}", target.display()))?;
     File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -147,14 +170,23 @@ mod tests {
         let pairs = [("blue".to_owned(), 50), ("green".to_owned(), 50)];
         let changes = edit_routes(&mut doc, Some("app"), &Edit::Set(&pairs)).unwrap();
         assert_eq!(changes, ["app: blue 90 -> 50, green 10 -> 50"]);
-        assert_eq!(doc.to_string(), TEXT.replace("blue = 90, green = 10", "blue = 50, green = 50"));
+        assert_eq!(
+            doc.to_string(),
+            TEXT.replace("blue = 90, green = 10", "blue = 50, green = 50")
+        );
     }
 
     #[test]
     fn rollback_every_route() {
         let mut doc: DocumentMut = TEXT.parse().unwrap();
         let changes = edit_routes(&mut doc, None, &Edit::Rollback { to: "blue" }).unwrap();
-        assert_eq!(changes, ["app: blue 90 -> 100, green 10 -> 0", "api: blue 1 -> 100, green 0"]);
+        assert_eq!(
+            changes,
+            [
+                "app: blue 90 -> 100, green 10 -> 0",
+                "api: blue 1 -> 100, green 0"
+            ]
+        );
         assert!(doc.to_string().contains("blue = 100 # one\n"));
         assert!(edit_routes(&mut doc, Some("nope"), &Edit::Rollback { to: "blue" }).is_err());
     }

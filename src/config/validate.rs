@@ -10,10 +10,13 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use toml::Spanned;
 
-use super::raw::{RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRoute, RawSticky, Str};
+use super::raw::{
+    RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRoute, RawSticky, Str,
+};
 use super::{
-    Balance, BackendSpec, CertSpec, Config, TlsSpec, UpstreamTls, ConfigError, Diagnostic, EndpointSpec, HealthSpec, HostMatch,
-    Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, StickySpec, Timeouts,
+    BackendSpec, Balance, CertSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec,
+    HostMatch, Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, StickySpec, Timeouts,
+    TlsSpec, UpstreamTls,
 };
 
 const DEFAULT_BUCKETS: &[f64] = &[
@@ -24,7 +27,12 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        ConfigError::Invalid(vec![Diagnostic::at(&file, text, offset, e.message().trim().to_owned())])
+        ConfigError::Invalid(vec![Diagnostic::at(
+            &file,
+            text,
+            offset,
+            e.message().trim().to_owned(),
+        )])
     })?;
     let mut v = Validator {
         file,
@@ -55,7 +63,11 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let listen_http = raw.listen.http.as_ref().and_then(|a| self.socket_addr("listen.http", a));
+        let listen_http = raw
+            .listen
+            .http
+            .as_ref()
+            .and_then(|a| self.socket_addr("listen.http", a));
         if raw.listen.http.is_none() {
             self.errors.push(Diagnostic::at(
                 &self.file,
@@ -64,23 +76,43 @@ impl Validator<'_> {
                 "listen: `http` is required".to_owned(),
             ));
         }
-        let listen_https = raw.listen.https.as_ref().and_then(|a| self.socket_addr("listen.https", a));
+        let listen_https = raw
+            .listen
+            .https
+            .as_ref()
+            .and_then(|a| self.socket_addr("listen.https", a));
         let tls = raw.tls.as_ref().map(|t| TlsSpec {
-            certs: t.get_ref().certs.get_ref().iter().map(|c| CertSpec {
-                cert: self.dir.join(c.get_ref().cert.get_ref()),
-                key: self.dir.join(c.get_ref().key.get_ref()),
-            }).collect(),
-            handshake_timeout: self.duration("tls.handshake_timeout", &t.get_ref().handshake_timeout, 10),
+            certs: t
+                .get_ref()
+                .certs
+                .get_ref()
+                .iter()
+                .map(|c| CertSpec {
+                    cert: self.dir.join(c.get_ref().cert.get_ref()),
+                    key: self.dir.join(c.get_ref().key.get_ref()),
+                })
+                .collect(),
+            handshake_timeout: self.duration(
+                "tls.handshake_timeout",
+                &t.get_ref().handshake_timeout,
+                10,
+            ),
         });
-        if let Some(t) = &raw.tls {
-            if t.get_ref().certs.get_ref().is_empty() {
-                self.error(&t.get_ref().certs, "tls.certs: at least one { cert, key } is required".into());
-            }
+        if let Some(t) = &raw.tls
+            && t.get_ref().certs.get_ref().is_empty()
+        {
+            self.error(
+                &t.get_ref().certs,
+                "tls.certs: at least one { cert, key } is required".into(),
+            );
         }
         if let (Some(h), None) = (&raw.listen.https, &raw.tls) {
             self.error(h, "listen.https: needs a [tls] section with certs".into());
         }
-        let admin = raw.admin.as_ref().and_then(|a| self.socket_addr("admin.listen", &a.listen));
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|a| self.socket_addr("admin.listen", &a.listen));
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             header_read: self.duration("timeouts.header_read", &t.header_read, 10),
@@ -91,10 +123,28 @@ impl Validator<'_> {
         };
         let l = &raw.limits;
         let limits = Limits {
-            max_header_bytes: self.int("limits.max_header_bytes", &l.max_header_bytes, 65536, 8192, 16 << 20),
+            max_header_bytes: self.int(
+                "limits.max_header_bytes",
+                &l.max_header_bytes,
+                65536,
+                8192,
+                16 << 20,
+            ),
             max_headers: self.int("limits.max_headers", &l.max_headers, 100, 1, 10_000),
-            max_connections: self.int("limits.max_connections", &l.max_connections, 10_000, 1, 10_000_000),
-            max_concurrent_streams: self.int("limits.max_concurrent_streams", &l.max_concurrent_streams, 200, 1, 100_000) as u32,
+            max_connections: self.int(
+                "limits.max_connections",
+                &l.max_connections,
+                10_000,
+                1,
+                10_000_000,
+            ),
+            max_concurrent_streams: self.int(
+                "limits.max_concurrent_streams",
+                &l.max_concurrent_streams,
+                200,
+                1,
+                100_000,
+            ) as u32,
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = match &raw.server.workers {
@@ -108,7 +158,10 @@ impl Validator<'_> {
                     && b.get_ref().windows(2).all(|w| w[0] < w[1])
                     && b.get_ref().iter().all(|x| x.is_finite() && *x > 0.0);
                 if !ok {
-                    self.error(b, "metrics.buckets: must be positive and strictly increasing".into());
+                    self.error(
+                        b,
+                        "metrics.buckets: must be positive and strictly increasing".into(),
+                    );
                 }
                 b.get_ref().clone()
             }
@@ -120,7 +173,10 @@ impl Validator<'_> {
             .map(|(name, b)| self.backend(name, b))
             .collect();
         if backends.is_empty() {
-            self.error(&raw.backends, "backends: at least one backend is required".into());
+            self.error(
+                &raw.backends,
+                "backends: at least one backend is required".into(),
+            );
         }
         let known: BTreeSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
         let mut names = HashSet::new();
@@ -128,7 +184,10 @@ impl Validator<'_> {
         for (i, r) in raw.routes.iter().enumerate() {
             if !names.insert(r.get_ref().name.get_ref().clone()) {
                 let n = &r.get_ref().name;
-                self.error(n, format!("routes[{i}].name: duplicate route name \"{}\"", n.get_ref()));
+                self.error(
+                    n,
+                    format!("routes[{i}].name: duplicate route name \"{}\"", n.get_ref()),
+                );
             }
             routes.push(self.route(i, r.get_ref(), &known));
         }
@@ -150,7 +209,10 @@ impl Validator<'_> {
         match s.get_ref().parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.error(s, format!("{key}: \"{}\" is not an ip:port address", s.get_ref()));
+                self.error(
+                    s,
+                    format!("{key}: \"{}\" is not an ip:port address", s.get_ref()),
+                );
                 None
             }
         }
@@ -167,18 +229,34 @@ impl Validator<'_> {
                 Duration::from_secs(default_secs)
             }
             Err(e) => {
-                self.error(s, format!("{key}: \"{}\" is not a duration like \"250ms\" or \"5s\" ({e})", s.get_ref()));
+                self.error(
+                    s,
+                    format!(
+                        "{key}: \"{}\" is not a duration like \"250ms\" or \"5s\" ({e})",
+                        s.get_ref()
+                    ),
+                );
                 Duration::from_secs(default_secs)
             }
         }
     }
 
-    fn int(&mut self, key: &str, v: &Option<Spanned<i64>>, default: usize, min: i64, max: i64) -> usize {
+    fn int(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<i64>>,
+        default: usize,
+        min: i64,
+        max: i64,
+    ) -> usize {
         match v {
             None => default,
             Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
-                self.error(n, format!("{key}: {} is out of range {min}..={max}", n.get_ref()));
+                self.error(
+                    n,
+                    format!("{key}: {} is out of range {min}..={max}", n.get_ref()),
+                );
                 default
             }
         }
@@ -187,43 +265,72 @@ impl Validator<'_> {
     fn backend(&mut self, name: &Str, raw: &RawBackend) -> BackendSpec {
         let key = format!("backends.{}", name.get_ref());
         if !valid_name(name.get_ref()) {
-            self.error(name, format!("{key}: a backend name uses only letters, digits, '-' and '_'"));
+            self.error(
+                name,
+                format!("{key}: a backend name uses only letters, digits, '-' and '_'"),
+            );
         }
         if raw.endpoints.get_ref().is_empty() {
-            self.error(&raw.endpoints, format!("{key}.endpoints: at least one endpoint is required"));
+            self.error(
+                &raw.endpoints,
+                format!("{key}.endpoints: at least one endpoint is required"),
+            );
         }
         let mut endpoints = Vec::new();
         for (i, e) in raw.endpoints.get_ref().iter().enumerate() {
             match parse_endpoint(e.get_ref()) {
                 Ok(ep) if endpoints.contains(&ep) => {
-                    self.error(e, format!("{key}.endpoints[{i}]: \"{}\" is listed twice", e.get_ref()));
+                    self.error(
+                        e,
+                        format!("{key}.endpoints[{i}]: \"{}\" is listed twice", e.get_ref()),
+                    );
                 }
                 Ok(ep) => endpoints.push(ep),
-                Err(why) => self.error(e, format!("{key}.endpoints[{i}]: \"{}\" {why}", e.get_ref())),
+                Err(why) => self.error(
+                    e,
+                    format!("{key}.endpoints[{i}]: \"{}\" {why}", e.get_ref()),
+                ),
             }
         }
         let balance = match raw.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
             None | Some((_, "round_robin")) => Balance::RoundRobin,
             Some((_, "p2c")) => Balance::P2c,
             Some((b, other)) => {
-                self.error(b, format!("{key}.balance: \"{other}\" is not one of round_robin, p2c"));
+                self.error(
+                    b,
+                    format!("{key}.balance: \"{other}\" is not one of round_robin, p2c"),
+                );
                 Balance::RoundRobin
             }
         };
         let health = raw.health.as_ref().map(|h| self.health(&key, h.get_ref()));
         let outlier = self.outlier(&key, raw.outlier.as_ref().map(|o| o.get_ref()));
         let mut on_5xx = false;
-        for (i, r) in raw.retry_on.iter().flat_map(|r| r.get_ref().iter()).enumerate() {
+        for (i, r) in raw
+            .retry_on
+            .iter()
+            .flat_map(|r| r.get_ref().iter())
+            .enumerate()
+        {
             match r.get_ref().as_str() {
                 "5xx" => on_5xx = true,
                 "connect" => {}
-                other => self.error(r, format!("{key}.retry_on[{i}]: \"{other}\" is not one of connect, 5xx")),
+                other => self.error(
+                    r,
+                    format!("{key}.retry_on[{i}]: \"{other}\" is not one of connect, 5xx"),
+                ),
             }
         }
         let retry = RetrySpec {
             retries: self.int(&format!("{key}.retries"), &raw.retries, 2, 0, 10) as u32,
             on_5xx,
-            buffer_bytes: self.int(&format!("{key}.retry_buffer_bytes"), &raw.retry_buffer_bytes, 65536, 0, 16 << 20),
+            buffer_bytes: self.int(
+                &format!("{key}.retry_buffer_bytes"),
+                &raw.retry_buffer_bytes,
+                65536,
+                0,
+                16 << 20,
+            ),
         };
         let upstream_tls = UpstreamTls {
             ca: raw.ca.as_ref().map(|c| self.dir.join(c.get_ref())),
@@ -243,22 +350,43 @@ impl Validator<'_> {
     fn health(&mut self, key: &str, h: &RawHealth) -> HealthSpec {
         let key = format!("{key}.health");
         if !h.path.get_ref().starts_with('/') {
-            self.error(&h.path, format!("{key}.path: \"{}\" must start with '/'", h.path.get_ref()));
+            self.error(
+                &h.path,
+                format!("{key}.path: \"{}\" must start with '/'", h.path.get_ref()),
+            );
         }
         let mut expected_status = Vec::new();
         for s in h.expected_status.iter().flat_map(|s| s.get_ref().iter()) {
             if (100..=599).contains(s.get_ref()) {
                 expected_status.push(*s.get_ref() as u16);
             } else {
-                self.error(s, format!("{key}.expected_status: {} is not an HTTP status", s.get_ref()));
+                self.error(
+                    s,
+                    format!(
+                        "{key}.expected_status: {} is not an HTTP status",
+                        s.get_ref()
+                    ),
+                );
             }
         }
         HealthSpec {
             path: h.path.get_ref().clone(),
             interval: self.duration_ms(&format!("{key}.interval"), &h.interval, 2000),
             timeout: self.duration_ms(&format!("{key}.timeout"), &h.timeout, 1000),
-            healthy_threshold: self.int(&format!("{key}.healthy_threshold"), &h.healthy_threshold, 2, 1, 100) as u32,
-            unhealthy_threshold: self.int(&format!("{key}.unhealthy_threshold"), &h.unhealthy_threshold, 3, 1, 100) as u32,
+            healthy_threshold: self.int(
+                &format!("{key}.healthy_threshold"),
+                &h.healthy_threshold,
+                2,
+                1,
+                100,
+            ) as u32,
+            unhealthy_threshold: self.int(
+                &format!("{key}.unhealthy_threshold"),
+                &h.unhealthy_threshold,
+                3,
+                1,
+                100,
+            ) as u32,
             expected_status,
             start_unhealthy: h.start_unhealthy,
         }
@@ -274,10 +402,30 @@ impl Validator<'_> {
         };
         let o = o.unwrap_or(&none);
         OutlierSpec {
-            consecutive_failures: self.int(&format!("{key}.consecutive_failures"), &o.consecutive_failures, 5, 0, 1000) as u32,
-            base_ejection_time: self.duration_ms(&format!("{key}.base_ejection_time"), &o.base_ejection_time, 10_000),
-            max_ejection_time: self.duration_ms(&format!("{key}.max_ejection_time"), &o.max_ejection_time, 300_000),
-            max_ejected_percent: self.int(&format!("{key}.max_ejected_percent"), &o.max_ejected_percent, 50, 0, 100) as u32,
+            consecutive_failures: self.int(
+                &format!("{key}.consecutive_failures"),
+                &o.consecutive_failures,
+                5,
+                0,
+                1000,
+            ) as u32,
+            base_ejection_time: self.duration_ms(
+                &format!("{key}.base_ejection_time"),
+                &o.base_ejection_time,
+                10_000,
+            ),
+            max_ejection_time: self.duration_ms(
+                &format!("{key}.max_ejection_time"),
+                &o.max_ejection_time,
+                300_000,
+            ),
+            max_ejected_percent: self.int(
+                &format!("{key}.max_ejected_percent"),
+                &o.max_ejected_percent,
+                50,
+                0,
+                100,
+            ) as u32,
         }
     }
 
@@ -291,7 +439,10 @@ impl Validator<'_> {
     fn route(&mut self, i: usize, r: &RawRoute, known: &BTreeSet<&str>) -> RouteSpec {
         let key = format!("routes[{i}]");
         if !valid_name(r.name.get_ref()) {
-            self.error(&r.name, format!("{key}.name: a route name uses only letters, digits, '-' and '_'"));
+            self.error(
+                &r.name,
+                format!("{key}.name: a route name uses only letters, digits, '-' and '_'"),
+            );
         }
         let host = match &r.host {
             None => HostMatch::Any,
@@ -301,7 +452,10 @@ impl Validator<'_> {
             None => "/".to_owned(),
             Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
             Some(p) => {
-                self.error(p, format!("{key}.path_prefix: \"{}\" must start with '/'", p.get_ref()));
+                self.error(
+                    p,
+                    format!("{key}.path_prefix: \"{}\" must start with '/'", p.get_ref()),
+                );
                 "/".to_owned()
             }
         };
@@ -311,16 +465,29 @@ impl Validator<'_> {
             if !known.contains(backend.get_ref().as_str()) {
                 self.error(
                     backend,
-                    format!("{key}.weights: backend \"{}\" is not defined (known: {known_list})", backend.get_ref()),
+                    format!(
+                        "{key}.weights: backend \"{}\" is not defined (known: {known_list})",
+                        backend.get_ref()
+                    ),
                 );
             } else if !(0..=1_000_000).contains(w.get_ref()) {
-                self.error(w, format!("{key}.weights.{}: {} is out of range 0..=1000000", backend.get_ref(), w.get_ref()));
+                self.error(
+                    w,
+                    format!(
+                        "{key}.weights.{}: {} is out of range 0..=1000000",
+                        backend.get_ref(),
+                        w.get_ref()
+                    ),
+                );
             } else {
                 weights.push((backend.get_ref().clone(), *w.get_ref() as u32));
             }
         }
         if r.weights.get_ref().values().all(|w| *w.get_ref() <= 0) {
-            self.error(&r.weights, format!("{key}.weights: at least one backend needs a positive weight"));
+            self.error(
+                &r.weights,
+                format!("{key}.weights: at least one backend needs a positive weight"),
+            );
         }
         let sticky = r.sticky.as_ref().map(|s| self.sticky(&key, s));
         let overrides = r.overrides.as_ref().map(|o| self.overrides(&key, o));
@@ -345,9 +512,17 @@ impl Validator<'_> {
         };
         let valid = !name.is_empty()
             && name.len() <= 253
-            && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if !valid {
-            self.error(h, format!("{key}.host: \"{}\" is not a host name or \"*.suffix\" wildcard", h.get_ref()));
+            self.error(
+                h,
+                format!(
+                    "{key}.host: \"{}\" is not a host name or \"*.suffix\" wildcard",
+                    h.get_ref()
+                ),
+            );
         }
         if suffix {
             HostMatch::Suffix(name.to_owned())
@@ -361,11 +536,27 @@ impl Validator<'_> {
         if raw.cookie.is_none() && raw.header.is_none() {
             self.error(s, format!("{key}.sticky: set `cookie`, `header`, or both"));
         }
-        let cookie = raw.cookie.as_ref().map(|c| self.cookie_name(&format!("{key}.sticky.cookie"), c));
-        let header = raw.header.as_ref().and_then(|h| self.header_name(&format!("{key}.sticky.header"), h));
-        let max_age = raw.max_age.as_ref().map(|_| self.duration(&format!("{key}.sticky.max_age"), &raw.max_age, 0));
+        let cookie = raw
+            .cookie
+            .as_ref()
+            .map(|c| self.cookie_name(&format!("{key}.sticky.cookie"), c));
+        let header = raw
+            .header
+            .as_ref()
+            .and_then(|h| self.header_name(&format!("{key}.sticky.header"), h));
+        let max_age = raw
+            .max_age
+            .as_ref()
+            .map(|_| self.duration(&format!("{key}.sticky.max_age"), &raw.max_age, 0));
         let hash_seed = raw.hash_seed.as_ref().map_or(0, |n| *n.get_ref() as u64);
-        let secret = self.secret(&format!("{key}.sticky"), s, &raw.secret, &raw.secret_file, &raw.secret_env, "secret");
+        let secret = self.secret(
+            &format!("{key}.sticky"),
+            s,
+            &raw.secret,
+            &raw.secret_file,
+            &raw.secret_env,
+            "secret",
+        );
         StickySpec {
             cookie,
             max_age,
@@ -377,10 +568,27 @@ impl Validator<'_> {
 
     fn overrides(&mut self, key: &str, o: &Spanned<RawOverride>) -> OverrideSpec {
         let raw = o.get_ref();
-        let header = raw.header.as_ref().and_then(|h| self.header_name(&format!("{key}.override.header"), h));
-        let cookie = raw.cookie.as_ref().map(|c| self.cookie_name(&format!("{key}.override.cookie"), c));
-        let token = self.secret(&format!("{key}.override"), o, &raw.token, &raw.token_file, &raw.token_env, "token");
-        OverrideSpec { header, cookie, token }
+        let header = raw
+            .header
+            .as_ref()
+            .and_then(|h| self.header_name(&format!("{key}.override.header"), h));
+        let cookie = raw
+            .cookie
+            .as_ref()
+            .map(|c| self.cookie_name(&format!("{key}.override.cookie"), c));
+        let token = self.secret(
+            &format!("{key}.override"),
+            o,
+            &raw.token,
+            &raw.token_file,
+            &raw.token_env,
+            "token",
+        );
+        OverrideSpec {
+            header,
+            cookie,
+            token,
+        }
     }
 
     /// Reads a secret given inline, as `<what>_file`, or as `<what>_env`.
@@ -395,7 +603,10 @@ impl Validator<'_> {
     ) -> Option<String> {
         let given = [inline.is_some(), file.is_some(), env.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
-            self.error(at, format!("{key}: set only one of {what}, {what}_file, {what}_env"));
+            self.error(
+                at,
+                format!("{key}: set only one of {what}, {what}_file, {what}_env"),
+            );
             return None;
         }
         let (value, from) = if let Some(s) = inline {
@@ -405,7 +616,10 @@ impl Validator<'_> {
             match std::fs::read_to_string(&path) {
                 Ok(text) => (Some(text.trim_end_matches(['\n', '\r']).to_owned()), f),
                 Err(e) => {
-                    self.error(f, format!("{key}.{what}_file: cannot read {}: {e}", path.display()));
+                    self.error(
+                        f,
+                        format!("{key}.{what}_file: cannot read {}: {e}", path.display()),
+                    );
                     return None;
                 }
             }
@@ -413,7 +627,13 @@ impl Validator<'_> {
             match std::env::var(name.get_ref()) {
                 Ok(v) => (Some(v), name),
                 Err(_) => {
-                    self.error(name, format!("{key}.{what}_env: environment variable {} is not set", name.get_ref()));
+                    self.error(
+                        name,
+                        format!(
+                            "{key}.{what}_env: environment variable {} is not set",
+                            name.get_ref()
+                        ),
+                    );
                     return None;
                 }
             }
@@ -431,7 +651,10 @@ impl Validator<'_> {
         match HeaderName::try_from(h.get_ref().as_str()) {
             Ok(n) => Some(n),
             Err(_) => {
-                self.error(h, format!("{key}: \"{}\" is not a valid header name", h.get_ref()));
+                self.error(
+                    h,
+                    format!("{key}: \"{}\" is not a valid header name", h.get_ref()),
+                );
                 None
             }
         }
@@ -441,14 +664,19 @@ impl Validator<'_> {
         // RFC 6265 §4.1.1: a cookie name is an RFC 9110 token.
         let ok = !c.get_ref().is_empty() && c.get_ref().bytes().all(is_token_byte);
         if !ok {
-            self.error(c, format!("{key}: \"{}\" is not a valid cookie name", c.get_ref()));
+            self.error(
+                c,
+                format!("{key}: \"{}\" is not a valid cookie name", c.get_ref()),
+            );
         }
         c.get_ref().clone()
     }
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -494,7 +722,8 @@ mod tests {
 
     #[test]
     fn unknown_backend_points_at_the_key() {
-        let text = format!("{BASE}[[routes]]\nname = \"app\"\nweights = {{ blue = 1, gren = 2 }}\n");
+        let text =
+            format!("{BASE}[[routes]]\nname = \"app\"\nweights = {{ blue = 1, gren = 2 }}\n");
         let e = errors(&text);
         assert_eq!(
             e,
@@ -504,26 +733,52 @@ mod tests {
 
     #[test]
     fn unknown_field_and_bad_duration_and_address() {
-        assert!(errors(&format!("{BASE}[limits]\nmax_foo = 1\n")).starts_with("c.toml:8:1: unknown field `max_foo`"));
-        assert!(errors(&format!("{BASE}[timeouts]\nconnect = \"1 parsec\"\n")).starts_with("c.toml:8:11: timeouts.connect:"));
+        assert!(
+            errors(&format!("{BASE}[limits]\nmax_foo = 1\n"))
+                .starts_with("c.toml:8:1: unknown field `max_foo`")
+        );
+        assert!(
+            errors(&format!("{BASE}[timeouts]\nconnect = \"1 parsec\"\n"))
+                .starts_with("c.toml:8:11: timeouts.connect:")
+        );
         let e = errors("[listen]\nhttp = \"nope\"\n[backends.b]\nendpoints = [\"x\"]\n");
         assert!(e.contains("c.toml:2:8: listen.http"), "{e}");
-        assert!(e.contains("c.toml:4:14: backends.b.endpoints[0]: \"x\" needs a port"), "{e}");
+        assert!(
+            e.contains("c.toml:4:14: backends.b.endpoints[0]: \"x\" needs a port"),
+            "{e}"
+        );
     }
 
     #[test]
     fn weights_need_a_positive_entry_and_unique_names() {
-        let text = format!("{BASE}[[routes]]\nname = \"a\"\nweights = {{ blue = 0 }}\n[[routes]]\nname = \"a\"\nweights = {{ blue = 1 }}\n");
+        let text = format!(
+            "{BASE}[[routes]]\nname = \"a\"\nweights = {{ blue = 0 }}\n[[routes]]\nname = \"a\"\nweights = {{ blue = 1 }}\n"
+        );
         let e = errors(&text);
-        assert!(e.contains("routes[0].weights: at least one backend needs a positive weight"), "{e}");
-        assert!(e.contains("c.toml:11:8: routes[1].name: duplicate route name \"a\""), "{e}");
+        assert!(
+            e.contains("routes[0].weights: at least one backend needs a positive weight"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:11:8: routes[1].name: duplicate route name \"a\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!(parse_endpoint("127.0.0.1:80").unwrap().to_string(), "http://127.0.0.1:80");
-        assert_eq!(parse_endpoint("https://app:8443").unwrap().to_string(), "https://app:8443");
-        assert_eq!(parse_endpoint("http://app").unwrap().authority.as_str(), "app");
+        assert_eq!(
+            parse_endpoint("127.0.0.1:80").unwrap().to_string(),
+            "http://127.0.0.1:80"
+        );
+        assert_eq!(
+            parse_endpoint("https://app:8443").unwrap().to_string(),
+            "https://app:8443"
+        );
+        assert_eq!(
+            parse_endpoint("http://app").unwrap().authority.as_str(),
+            "app"
+        );
         assert!(parse_endpoint("ftp://x:1").is_err());
         assert!(parse_endpoint("x:1/path").is_err());
     }

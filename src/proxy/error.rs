@@ -40,14 +40,24 @@ impl ProxyError {
     /// The short plain-text body sent to the client.
     pub fn reason(self) -> &'static str {
         match self {
-            ProxyError::AmbiguousFraming => "bad request: both Content-Length and Transfer-Encoding\n",
+            ProxyError::AmbiguousFraming => {
+                "bad request: both Content-Length and Transfer-Encoding\n"
+            }
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::ClientBody => "bad request: the request body could not be read\n",
             ProxyError::NoEndpoint => "no backend available\n",
-            ProxyError::Upstream(UpstreamErrorKind::Connect) => "bad gateway: upstream connect failed\n",
-            ProxyError::Upstream(UpstreamErrorKind::Timeout) => "gateway timeout: upstream connect timed out\n",
-            ProxyError::Upstream(UpstreamErrorKind::Reset) => "bad gateway: upstream connection reset\n",
-            ProxyError::Upstream(UpstreamErrorKind::Protocol) => "bad gateway: upstream sent an invalid response\n",
+            ProxyError::Upstream(UpstreamErrorKind::Connect) => {
+                "bad gateway: upstream connect failed\n"
+            }
+            ProxyError::Upstream(UpstreamErrorKind::Timeout) => {
+                "gateway timeout: upstream connect timed out\n"
+            }
+            ProxyError::Upstream(UpstreamErrorKind::Reset) => {
+                "bad gateway: upstream connection reset\n"
+            }
+            ProxyError::Upstream(UpstreamErrorKind::Protocol) => {
+                "bad gateway: upstream sent an invalid response\n"
+            }
             ProxyError::RequestTimeout => "gateway timeout: upstream did not answer in time\n",
         }
     }
@@ -65,7 +75,10 @@ impl ProxyError {
         let mut resp = Response::new(ResponseBody::local(self.reason()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         match self {
             ProxyError::AmbiguousFraming => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -100,7 +113,9 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
         return UpstreamErrorKind::Connect;
     }
     match hyper_err {
-        Some(h) if h.is_parse() || h.is_parse_status() || h.is_user() => UpstreamErrorKind::Protocol,
+        Some(h) if h.is_parse() || h.is_parse_status() || h.is_user() => {
+            UpstreamErrorKind::Protocol
+        }
         Some(h) if h.is_timeout() => UpstreamErrorKind::Timeout,
         _ => UpstreamErrorKind::Reset,
     }

@@ -65,18 +65,34 @@ pub async fn forward<'t>(
     let mut replay = None;
     if policy.retries > 0 {
         let empty = body.is_end_stream();
-        let small = body.size_hint().upper().is_some_and(|n| n <= policy.buffer_bytes as u64);
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= policy.buffer_bytes as u64);
         if empty || small {
             let buffered = if empty {
                 None
             } else {
                 match Limited::new(body, policy.buffer_bytes).collect().await {
                     Ok(b) => Some(b.to_bytes()),
-                    Err(_) => return Err(Failed { err: ProxyError::ClientBody, backend }),
+                    Err(_) => {
+                        return Err(Failed {
+                            err: ProxyError::ClientBody,
+                            backend,
+                        });
+                    }
                 }
             };
             replay = Some(Replay {
-                idempotent: matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE),
+                idempotent: matches!(
+                    parts.method,
+                    Method::GET
+                        | Method::HEAD
+                        | Method::OPTIONS
+                        | Method::PUT
+                        | Method::DELETE
+                        | Method::TRACE
+                ),
                 method: parts.method,
                 uri: parts.uri,
                 headers: parts.headers,
@@ -86,7 +102,11 @@ pub async fn forward<'t>(
             once = Some((parts, RequestBody::Streaming(body)));
         }
     } else {
-        let body = if body.is_end_stream() { RequestBody::Empty } else { RequestBody::Streaming(body) };
+        let body = if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Streaming(body)
+        };
         once = Some((parts, body));
     }
     route.backends[backend].backend.budget.deposit(started);
@@ -101,7 +121,9 @@ pub async fn forward<'t>(
         let req = to_upstream(req, endpoint);
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
-        let (next_backend, next) = match tokio::time::timeout_at(deadline, w.client.request(req)).await {
+        let (next_backend, next) = match tokio::time::timeout_at(deadline, w.client.request(req))
+            .await
+        {
             Ok(Ok(resp)) => {
                 let status = resp.status();
                 if status.is_server_error() {
@@ -110,12 +132,21 @@ pub async fn forward<'t>(
                     endpoint.report_success();
                     this.backend.forgive(endpoint);
                 }
-                let retryable = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
-                    && this.backend.retry.on_5xx
+                let retryable = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) && this.backend.retry.on_5xx
                     && replay.as_ref().is_some_and(|r| r.idempotent)
                     && attempt < policy.retries;
                 if !retryable {
-                    return Ok(Sent { resp, backend, endpoint, in_flight });
+                    return Ok(Sent {
+                        resp,
+                        backend,
+                        endpoint,
+                        in_flight,
+                    });
                 }
                 match retry_target(route, backend, endpoint) {
                     Some(next) => {
@@ -125,7 +156,14 @@ pub async fn forward<'t>(
                         next
                     }
                     // No retry possible: the client gets the backend's answer.
-                    None => return Ok(Sent { resp, backend, endpoint, in_flight }),
+                    None => {
+                        return Ok(Sent {
+                            resp,
+                            backend,
+                            endpoint,
+                            in_flight,
+                        });
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -148,10 +186,14 @@ pub async fn forward<'t>(
             }
             Err(_) => {
                 this.backend.report_failure(endpoint);
-                this.metrics.upstream_error(crate::metrics::UpstreamErrorKind::Timeout);
+                this.metrics
+                    .upstream_error(crate::metrics::UpstreamErrorKind::Timeout);
                 tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
                     timeout = ?w.shared.timeouts.request, "upstream did not answer in time");
-                return Err(Failed { err: ProxyError::RequestTimeout, backend });
+                return Err(Failed {
+                    err: ProxyError::RequestTimeout,
+                    backend,
+                });
             }
         };
         if next_backend != backend {
@@ -165,12 +207,22 @@ pub async fn forward<'t>(
 /// Where a retry goes: another endpoint of the same backend, else (with
 /// failover) one of another backend; `None` when there is none or the
 /// backend's retry budget is spent.
-fn retry_target<'t>(route: &'t Route, backend: usize, failed: &Arc<Endpoint>) -> Option<(usize, &'t Arc<Endpoint>)> {
+fn retry_target<'t>(
+    route: &'t Route,
+    backend: usize,
+    failed: &Arc<Endpoint>,
+) -> Option<(usize, &'t Arc<Endpoint>)> {
     let this = &route.backends[backend].backend;
-    let target = this.pick_other(failed).map(|ep| (backend, ep)).or_else(|| {
-        let other = route.failover.then(|| route.failover_from(backend)).flatten()?;
-        Some((other, route.backends[other].backend.pick()?))
-    })?;
+    let target = this
+        .pick_other(failed)
+        .map(|ep| (backend, ep))
+        .or_else(|| {
+            let other = route
+                .failover
+                .then(|| route.failover_from(backend))
+                .flatten()?;
+            Some((other, route.backends[other].backend.pick()?))
+        })?;
     if !this.budget.withdraw(Instant::now()) {
         tracing::warn!(route = %route.name, backend = %this.name, "retry budget exhausted; not retrying");
         return None;
@@ -194,7 +246,11 @@ impl Replay {
 
 /// Points the request at `endpoint`: absolute URI for the pool key, HTTP/1.1.
 fn to_upstream(mut req: Request<RequestBody>, endpoint: &Endpoint) -> Request<RequestBody> {
-    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| ROOT.clone());
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| ROOT.clone());
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(endpoint.spec.scheme.clone());
     uri.authority = Some(endpoint.spec.authority.clone());

@@ -44,7 +44,11 @@ impl ConnInfo {
     }
 }
 
-pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    w: &Worker,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     // One lock-free load; this request finishes with this table even if a
     // reload publishes another meanwhile.
@@ -53,8 +57,15 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     // 1. Framing: never forward a request whose length two headers disagree
     //    on (RFC 9112 §6.1); hyper already rejects bad chunked lists and
     //    differing Content-Lengths with 400.
-    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
-        return local(&table.unmatched, ProxyError::AmbiguousFraming, false, started);
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return local(
+            &table.unmatched,
+            ProxyError::AmbiguousFraming,
+            false,
+            started,
+        );
     }
 
     // 2. Match a route by host and path.
@@ -72,13 +83,23 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     let Some(backend) = choice.backend else {
         let wanted = choice.failed_over_from.unwrap_or(0);
         tracing::warn!(route = %route.name, "no backend of the route has an available endpoint");
-        return local(&route.backends[wanted].metrics, ProxyError::NoEndpoint, choice.overridden, started);
+        return local(
+            &route.backends[wanted].metrics,
+            ProxyError::NoEndpoint,
+            choice.overridden,
+            started,
+        );
     };
     if let Some(from) = choice.failed_over_from {
         route.count_failover(from, backend);
     }
     let Some(endpoint) = route.backends[backend].backend.pick() else {
-        return local(&route.backends[backend].metrics, ProxyError::NoEndpoint, choice.overridden, started);
+        return local(
+            &route.backends[backend].metrics,
+            ProxyError::NoEndpoint,
+            choice.overridden,
+            started,
+        );
     };
 
     // 4. Rewrite the request for the upstream (RFC 9110 §7.6).
@@ -89,10 +110,13 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
     if let Some(protocol) = upgrade {
         headers::set_upgrade(&mut parts.headers, protocol);
     }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            parts.headers.insert(header::HOST, v);
-        }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(header::HOST, v);
     }
     headers::set_forwarded(&mut parts.headers, &conn.client_ip, conn.tls);
     if parts.version == Version::HTTP_2 {
@@ -101,13 +125,22 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
 
     // 5. Forward: retries and the request timeout live in `forward`.
     let gauge = GaugeGuard::new(route.backends[backend].metrics.in_flight());
-    let Sent { mut resp, backend, endpoint: _, in_flight } =
-        match forward(w, route, backend, endpoint, parts, body, started).await {
-            Ok(sent) => sent,
-            Err(Failed { err, backend }) => {
-                return local(&route.backends[backend].metrics, err, choice.overridden, started);
-            }
-        };
+    let Sent {
+        mut resp,
+        backend,
+        endpoint: _,
+        in_flight,
+    } = match forward(w, route, backend, endpoint, parts, body, started).await {
+        Ok(sent) => sent,
+        Err(Failed { err, backend }) => {
+            return local(
+                &route.backends[backend].metrics,
+                err,
+                choice.overridden,
+                started,
+            );
+        }
+    };
     let served = &route.backends[backend];
 
     // 6. Rewrite the response: hop-by-hop out, unless switching protocols.
@@ -117,7 +150,11 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         headers::strip_hop_by_hop(resp.headers_mut());
         if let (Some(client), Some(p)) = (client_upgrade, protocol) {
             headers::set_upgrade(resp.headers_mut(), p);
-            tokio::spawn(upgrade::tunnel(client, upstream_upgrade, route.name.clone()));
+            tokio::spawn(upgrade::tunnel(
+                client,
+                upstream_upgrade,
+                route.name.clone(),
+            ));
         }
     } else {
         headers::strip_hop_by_hop(resp.headers_mut());
@@ -126,11 +163,16 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     if route.expose_backend_header {
-        resp.headers_mut().insert(&headers::X_CUTOVER_BACKEND, served.name_value.clone());
+        resp.headers_mut()
+            .insert(&headers::X_CUTOVER_BACKEND, served.name_value.clone());
     }
 
     // 7. Record, and stream the body back.
-    served.metrics.record(resp.status().as_u16(), choice.overridden, started.elapsed().as_secs_f64());
+    served.metrics.record(
+        resp.status().as_u16(),
+        choice.overridden,
+        started.elapsed().as_secs_f64(),
+    );
     resp.map(|body| ResponseBody::Upstream {
         body,
         _in_flight: in_flight,
@@ -139,7 +181,16 @@ pub async fn handle(w: &Worker, conn: &ConnInfo, mut req: Request<Incoming>) -> 
 }
 
 /// An answer of the proxy's own, counted like any other.
-fn local(metrics: &RouteMetrics, err: ProxyError, overridden: bool, started: Instant) -> Response<ResponseBody> {
-    metrics.record(err.status().as_u16(), overridden, started.elapsed().as_secs_f64());
+fn local(
+    metrics: &RouteMetrics,
+    err: ProxyError,
+    overridden: bool,
+    started: Instant,
+) -> Response<ResponseBody> {
+    metrics.record(
+        err.status().as_u16(),
+        overridden,
+        started.elapsed().as_secs_f64(),
+    );
     err.response()
 }

@@ -80,7 +80,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
         }
     };
     headers.insert(&X_FORWARDED_FOR, xff);
-    headers.insert(&X_FORWARDED_PROTO, if tls { HTTPS.clone() } else { HTTP.clone() });
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        if tls { HTTPS.clone() } else { HTTP.clone() },
+    );
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(&X_FORWARDED_HOST, host);
     }
@@ -112,7 +115,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -148,7 +154,10 @@ mod tests {
     fn upgrade_detection_refuses_h2c() {
         let h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
-        let h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")]);
+        let h = map(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
         assert!(requested_upgrade(&h).is_none());
         let h = map(&[("upgrade", "websocket")]);
         assert!(requested_upgrade(&h).is_none());

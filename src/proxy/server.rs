@@ -40,12 +40,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(table: RoutingTable, metrics: Arc<Metrics>, config: &crate::config::Config) -> Shared {
+    pub fn new(
+        table: RoutingTable,
+        metrics: Arc<Metrics>,
+        config: &crate::config::Config,
+    ) -> Shared {
         let (timeouts, limits) = (config.timeouts.clone(), config.limits.clone());
         Shared {
             table: ArcSwap::from_pointee(table),
             metrics,
-            tls_handshake_timeout: config.tls.as_ref().map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
+            tls_handshake_timeout: config
+                .tls
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
             upstream_tls: Arc::default(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             timeouts,
@@ -104,7 +111,10 @@ pub fn spawn_workers(
         .map(|(i, socket)| {
             let shared = shared.clone();
             let shutdown = shutdown.clone();
-            let tls = tls_sockets.get_mut(i).and_then(Option::take).zip(acceptor.clone());
+            let tls = tls_sockets
+                .get_mut(i)
+                .and_then(Option::take)
+                .zip(acceptor.clone());
             std::thread::Builder::new()
                 .name(format!("cutover-worker-{i}"))
                 .spawn(move || {
@@ -130,7 +140,13 @@ async fn worker(
         shared: shared.clone(),
     });
     let tracker = TaskTracker::new();
-    let plain = accept_loop(worker.clone(), http, None, tracker.clone(), shutdown.clone());
+    let plain = accept_loop(
+        worker.clone(),
+        http,
+        None,
+        tracker.clone(),
+        shutdown.clone(),
+    );
     match https {
         Some((socket, acceptor)) => {
             let tls = accept_loop(worker, socket, Some(acceptor), tracker.clone(), shutdown);
@@ -185,14 +201,32 @@ async fn accept_loop(
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve(worker, builder, stream, Arc::new(ConnInfo::new(peer, false)), shutdown).await,
+                None => {
+                    serve(
+                        worker,
+                        builder,
+                        stream,
+                        Arc::new(ConnInfo::new(peer, false)),
+                        shutdown,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
                     let limit = worker.shared.tls_handshake_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            serve(worker, builder, tls, Arc::new(ConnInfo::new(peer, true)), shutdown).await;
+                            serve(
+                                worker,
+                                builder,
+                                tls,
+                                Arc::new(ConnInfo::new(peer, true)),
+                                shutdown,
+                            )
+                            .await;
                         }
-                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                     }
                 }

@@ -16,7 +16,9 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, route: std::sync::Ar
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(route = %route, bytes_up = up, bytes_down = down, "tunnel closed"),
+        Ok((up, down)) => {
+            tracing::debug!(route = %route, bytes_up = up, bytes_down = down, "tunnel closed")
+        }
         Err(e) => tracing::debug!(route = %route, error = %e, "tunnel ended with an error"),
     }
 }

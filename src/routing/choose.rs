@@ -28,32 +28,34 @@ pub struct Choice {
 
 impl Route {
     pub fn choose(&self, headers: &HeaderMap, secure: bool) -> Choice {
-        if let Some(i) = self.overridden(headers) {
-            if self.backends[i].backend.has_available() {
-                return Choice {
-                    backend: Some(i),
-                    overridden: true,
-                    failed_over_from: None,
-                    set_cookie: None,
-                };
-            }
+        if let Some(i) = self.overridden(headers)
+            && self.backends[i].backend.has_available()
+        {
+            return Choice {
+                backend: Some(i),
+                overridden: true,
+                failed_over_from: None,
+                set_cookie: None,
+            };
         }
         let sticky = self.sticky.as_ref();
         let from_header = sticky.and_then(|s| s.header_bucket(headers));
-        let codec = sticky.and_then(|s| s.cookie.as_ref()).filter(|_| from_header.is_none());
+        let codec = sticky
+            .and_then(|s| s.cookie.as_ref())
+            .filter(|_| from_header.is_none());
         let cookie: Option<CookieValue<'_>> = codec.and_then(|c| c.read(headers));
         let bucket = from_header
             .or(cookie.map(|c| c.bucket))
             .unwrap_or_else(Bucket::random);
 
         let mut wanted = self.backend_for(bucket);
-        if self.drain {
-            // Soft drain: stay on a weight-0 backend that last served you.
-            if let Some(i) = cookie.and_then(|c| self.backend_index(c.backend?)) {
-                if self.backends[i].weight == 0 && self.backends[i].backend.has_available() {
-                    wanted = i;
-                }
-            }
+        // Soft drain: stay on a weight-0 backend that last served you.
+        if self.drain
+            && let Some(i) = cookie.and_then(|c| self.backend_index(c.backend?))
+            && self.backends[i].weight == 0
+            && self.backends[i].backend.has_available()
+        {
+            wanted = i;
         }
         let (backend, failed_over) = if self.backends[wanted].backend.has_available() {
             (Some(wanted), false)

@@ -22,7 +22,7 @@ impl Prefixes {
     fn insert(&mut self, prefix: &str, route: usize) {
         self.0.push((prefix.into(), route));
         // Stable: equal prefixes keep config order, the first one wins.
-        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.0.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     }
 
     fn find(&self, path: &str) -> Option<usize> {

@@ -10,6 +10,6 @@ pub mod split;
 pub mod sticky;
 pub mod table;
 
-pub use split::{BUCKETS, Bucket, Split};
 pub use choose::Choice;
+pub use split::{BUCKETS, Bucket, Split};
 pub use table::{Route, RouteBackend, RoutingTable, Source};

@@ -178,13 +178,20 @@ mod tests {
 
     #[test]
     fn header_hash_is_stable_and_seeded() {
-        let s = |seed| Sticky { cookie: None, header: Some(HeaderName::from_static("x-user")), hash_seed: seed };
+        let s = |seed| Sticky {
+            cookie: None,
+            header: Some(HeaderName::from_static("x-user")),
+            hash_seed: seed,
+        };
         let h = headers("");
         assert!(s(0).header_bucket(&h).is_none());
         let mut h = HeaderMap::new();
         h.insert("x-user", HeaderValue::from_static("alice"));
         assert_eq!(s(0).header_bucket(&h), s(0).header_bucket(&h));
         // Pinned so the documented hash never changes silently.
-        assert_eq!(s(0).header_bucket(&h).unwrap().get(), (xxhash_rust::xxh3::xxh3_64_with_seed(b"alice", 0) % 10000) as u16);
+        assert_eq!(
+            s(0).header_bucket(&h).unwrap().get(),
+            (xxhash_rust::xxh3::xxh3_64_with_seed(b"alice", 0) % 10000) as u16
+        );
     }
 }

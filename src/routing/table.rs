@@ -107,9 +107,10 @@ impl RoutingTable {
                         .collect(),
                     split: Split::new(&weights),
                     sticky: spec.sticky.as_ref().map(|s| Sticky {
-                        cookie: s.cookie.as_ref().map(|name| {
-                            CookieCodec::new(name, s.max_age, s.secret.as_deref())
-                        }),
+                        cookie: s
+                            .cookie
+                            .as_ref()
+                            .map(|name| CookieCodec::new(name, s.max_age, s.secret.as_deref())),
                         header: s.header.clone(),
                         hash_seed: s.hash_seed,
                     }),
@@ -125,7 +126,9 @@ impl RoutingTable {
                         .weights
                         .iter()
                         .flat_map(|(from, _)| {
-                            spec.weights.iter().map(|(to, _)| metrics.failover(&spec.name, from, to))
+                            spec.weights
+                                .iter()
+                                .map(|(to, _)| metrics.failover(&spec.name, from, to))
                         })
                         .collect(),
                 }

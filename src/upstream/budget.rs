@@ -30,7 +30,9 @@ pub struct RetryBudget {
 fn seconds_since_start(now: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     // +1 so that no live slot is ever second 0, the initial value.
-    now.saturating_duration_since(*START.get_or_init(Instant::now)).as_secs() + 1
+    now.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_secs()
+        + 1
 }
 
 impl RetryBudget {
@@ -54,7 +56,9 @@ impl RetryBudget {
 
     /// Counts a first attempt.
     pub fn deposit(&self, now: Instant) {
-        self.slot(seconds_since_start(now)).requests.fetch_add(1, Ordering::Relaxed);
+        self.slot(seconds_since_start(now))
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget if there is room.

@@ -49,7 +49,9 @@ impl Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = (uri.scheme() == Some(&http::uri::Scheme::HTTPS)).then(|| {
             let authority = uri.authority().cloned();
-            let config = authority.as_ref().and_then(|a| self.tls.load().get(a).cloned());
+            let config = authority
+                .as_ref()
+                .and_then(|a| self.tls.load().get(a).cloned());
             (authority, config)
         });
         let connecting = self.http.call(uri);
@@ -61,7 +63,9 @@ impl Service<Uri> for Connector {
             let config = config.ok_or("no TLS config for this endpoint")?;
             let host = authority.as_ref().map(|a| a.host()).unwrap_or_default();
             let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())?;
-            let stream = tokio_rustls::TlsConnector::from(config).connect(name, TokioIo::new(tcp)).await?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, TokioIo::new(tcp))
+                .await?;
             Ok(MaybeHttpsStream::Https(TokioIo::new(stream)))
         })
     }

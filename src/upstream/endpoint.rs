@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounterVec;
 
 use super::budget::RetryBudget;
-use crate::config::{Balance, BackendSpec, EndpointSpec, OutlierSpec, RetrySpec};
+use crate::config::{BackendSpec, Balance, EndpointSpec, OutlierSpec, RetrySpec};
 
 /// Milliseconds on a process-wide monotonic clock; never 0.
 pub fn now_ms() -> u64 {
@@ -178,10 +178,16 @@ impl Backend {
             return;
         }
         let n = ep.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-        let time = o.base_ejection_time.saturating_mul(1 << n).min(o.max_ejection_time);
-        ep.ejected_until.store(now_ms() + time.as_millis() as u64, Ordering::Relaxed);
+        let time = o
+            .base_ejection_time
+            .saturating_mul(1 << n)
+            .min(o.max_ejection_time);
+        ep.ejected_until
+            .store(now_ms() + time.as_millis() as u64, Ordering::Relaxed);
         ep.consecutive_failures.store(0, Ordering::Relaxed);
-        self.ejections.with_label_values(&[&self.name, &ep.label]).inc();
+        self.ejections
+            .with_label_values(&[&self.name, &ep.label])
+            .inc();
         tracing::warn!(backend = %self.name, endpoint = %ep.label, failures = streak,
             ejected_for = ?time, "endpoint ejected");
     }
@@ -279,13 +285,19 @@ mod tests {
                 max_ejection_time: Duration::from_secs(300),
                 max_ejected_percent: 50,
             },
-            retry: RetrySpec { retries: 2, on_5xx: false, buffer_bytes: 0 },
+            retry: RetrySpec {
+                retries: 2,
+                on_5xx: false,
+                buffer_bytes: 0,
+            },
             upstream_tls: Default::default(),
         }
     }
 
     fn registry() -> EndpointRegistry {
-        EndpointRegistry::new(IntCounterVec::new(prometheus::Opts::new("e", "e"), &["backend", "endpoint"]).unwrap())
+        EndpointRegistry::new(
+            IntCounterVec::new(prometheus::Opts::new("e", "e"), &["backend", "endpoint"]).unwrap(),
+        )
     }
 
     #[test]
@@ -308,7 +320,9 @@ mod tests {
         let reg = registry();
         let b = &reg.backends(&[backend(Balance::P2c)])[0];
         let _busy: Vec<_> = (0..5).map(|_| b.endpoints[0].start_request()).collect();
-        let n = (0..300).filter(|_| b.pick().unwrap().label.as_ref() == "127.0.0.1:1").count();
+        let n = (0..300)
+            .filter(|_| b.pick().unwrap().label.as_ref() == "127.0.0.1:1")
+            .count();
         // Endpoint 1 wins only when both draws land on it: p = 1/9, mean 33,
         // sd 5.4; 80 is over 8 sd away.
         assert!(n < 80, "{n}");

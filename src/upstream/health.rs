@@ -54,7 +54,9 @@ impl HealthCheckers {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
         for b in backends {
-            let Some(spec) = specs.get(&b.name) else { continue };
+            let Some(spec) = specs.get(&b.name) else {
+                continue;
+            };
             for ep in b.endpoints.iter() {
                 let key = (b.name.clone(), ep.spec.clone());
                 let checker = match running.remove(&key) {
@@ -63,10 +65,16 @@ impl HealthCheckers {
                         if let Some(old) = old {
                             old.task.abort();
                         }
-                        let task = self
-                            .runtime
-                            .spawn(check_loop(self.client.clone(), b.name.clone(), ep.clone(), spec.clone()));
-                        Checker { spec: spec.clone(), task: task.abort_handle() }
+                        let task = self.runtime.spawn(check_loop(
+                            self.client.clone(),
+                            b.name.clone(),
+                            ep.clone(),
+                            spec.clone(),
+                        ));
+                        Checker {
+                            spec: spec.clone(),
+                            task: task.abort_handle(),
+                        }
                     }
                 };
                 next.insert(key, checker);
@@ -83,7 +91,8 @@ impl HealthCheckers {
                 .find(|e| e.spec == ep);
             if let Some(e) = still_listed {
                 e.set_healthy(true);
-                *e.health_detail.lock().unwrap_or_else(|p| p.into_inner()) = "no active check".into();
+                *e.health_detail.lock().unwrap_or_else(|p| p.into_inner()) =
+                    "no active check".into();
             }
         }
         *running = next;
@@ -96,7 +105,8 @@ impl HealthCheckers {
 }
 
 async fn check_loop(client: CheckClient, backend: Arc<str>, ep: Arc<Endpoint>, spec: HealthSpec) {
-    let uri: Uri = match format!("{}://{}{}", ep.spec.scheme, ep.spec.authority, spec.path).parse() {
+    let uri: Uri = match format!("{}://{}{}", ep.spec.scheme, ep.spec.authority, spec.path).parse()
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(backend = %backend, endpoint = %ep.label, error = %e, "bad health check URL");
@@ -133,7 +143,12 @@ async fn check_loop(client: CheckClient, backend: Arc<str>, ep: Arc<Endpoint>, s
     }
 }
 
-async fn check_once(client: &CheckClient, uri: &Uri, ep: &Endpoint, spec: &HealthSpec) -> Result<StatusCode, String> {
+async fn check_once(
+    client: &CheckClient,
+    uri: &Uri,
+    ep: &Endpoint,
+    spec: &HealthSpec,
+) -> Result<StatusCode, String> {
     let req = Request::get(uri.clone())
         .header(header::HOST, ep.spec.authority.as_str())
         .header(header::USER_AGENT, "cutover-health-check")

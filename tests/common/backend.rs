@@ -7,6 +7,11 @@
 //! - `/status/CODE`: answers CODE with the name as body
 //! - `/download/BYTES`: streams BYTES bytes of `x` in 64 KiB chunks
 //! - `/upload`: reads the body as a stream, answers the byte count
+//! - `/upload-pause/MS`: like `/upload`, but stops reading for MS
+//!   milliseconds after the first chunk (a slow consumer)
+//! - `/hop`: 200 with hop-by-hop response headers (`Connection: x-hop`,
+//!   `x-hop: 1`, `Keep-Alive`, `Proxy-Connection`, `Upgrade`) and an
+//!   end-to-end `x-end: kept`
 //!
 //! Every request's path (with query) is recorded, see [`Backend::seen`].
 
@@ -40,7 +45,9 @@ impl Backend {
 
     /// Starts on a given address (to bring a stopped backend back).
     pub async fn start_on(addr: SocketAddr, name: &str) -> Backend {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind backend");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = oneshot::channel();
@@ -62,7 +69,12 @@ impl Backend {
                 });
             }
         });
-        Backend { name: name.to_owned(), addr, seen, stop: Some(stop) }
+        Backend {
+            name: name.to_owned(),
+            addr,
+            seen,
+            stop: Some(stop),
+        }
     }
 
     /// Paths (with query) of every request received so far.
@@ -88,8 +100,16 @@ fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 
-async fn handle(name: String, seen: Arc<Mutex<Vec<String>>>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+async fn handle(
+    name: String,
+    seen: Arc<Mutex<Vec<String>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     seen.lock().unwrap().push(path.clone());
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let first = parts.next().unwrap_or("");
@@ -104,8 +124,12 @@ async fn handle(name: String, seen: Arc<Mutex<Vec<String>>>, req: Request<Incomi
         "echo" => {
             let mut headers = serde_json::Map::new();
             for (k, v) in req.headers() {
-                let e = headers.entry(k.as_str().to_owned()).or_insert_with(|| serde_json::Value::Array(vec![]));
-                e.as_array_mut().unwrap().push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+                let e = headers
+                    .entry(k.as_str().to_owned())
+                    .or_insert_with(|| serde_json::Value::Array(vec![]));
+                e.as_array_mut()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
             }
             let doc = serde_json::json!({
                 "backend": name,
@@ -120,13 +144,19 @@ async fn handle(name: String, seen: Arc<Mutex<Vec<String>>>, req: Request<Incomi
             tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
             named(StatusCode::OK, full(name.clone()))
         }
-        "status" => named(StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), full(name.clone())),
+        "status" => named(
+            StatusCode::from_u16(arg.parse().unwrap_or(500))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            full(name.clone()),
+        ),
         "download" => {
             let total: u64 = arg.parse().unwrap_or(0);
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
             let n = total / chunk.len() as u64;
             let rest = (total % chunk.len() as u64) as usize;
-            let chunks = (0..n).map(move |_| chunk.clone()).chain((rest > 0).then(|| Bytes::from(vec![b'x'; rest])));
+            let chunks = (0..n)
+                .map(move |_| chunk.clone())
+                .chain((rest > 0).then(|| Bytes::from(vec![b'x'; rest])));
             let s = stream::iter(chunks.map(|c| Ok::<_, Infallible>(Frame::data(c))));
             let mut r = named(StatusCode::OK, BodyExt::boxed(StreamBody::new(s)));
             r.headers_mut().insert("content-length", total.into());
@@ -142,6 +172,34 @@ async fn handle(name: String, seen: Arc<Mutex<Vec<String>>>, req: Request<Incomi
                 }
             }
             named(StatusCode::OK, full(n.to_string()))
+        }
+        "upload-pause" => {
+            let pause = Duration::from_millis(arg.parse().unwrap_or(0));
+            let mut body = req.into_body();
+            let mut n = 0u64;
+            let mut paused = false;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+                if !paused {
+                    paused = true;
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            named(StatusCode::OK, full(n.to_string()))
+        }
+        "hop" => {
+            let mut r = named(StatusCode::OK, full(name.clone()));
+            let h = r.headers_mut();
+            h.insert("connection", "x-hop".parse().unwrap());
+            h.insert("x-hop", "1".parse().unwrap());
+            h.insert("keep-alive", "timeout=5, max=100".parse().unwrap());
+            h.insert("proxy-connection", "keep-alive".parse().unwrap());
+            h.insert("upgrade", "foo/1".parse().unwrap());
+            h.insert("x-end", "kept".parse().unwrap());
+            r
         }
         _ => named(StatusCode::OK, full(name.clone())),
     };

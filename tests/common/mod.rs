@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod ctl;
+pub mod prom;
 pub mod proxy;
+pub mod raw;
 
 pub use backend::Backend;
 pub use proxy::Proxy;
@@ -52,7 +55,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if n != name {
                 return None;
             }
-            let all = labels.iter().all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -61,10 +66,14 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// A config with the given backends and `[[routes]]` text appended;
 /// listens on ephemeral ports.
 pub fn config(backends: &[(&str, &[&Backend])], routes: &str) -> String {
-    let mut s = String::from("[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n");
+    let mut s =
+        String::from("[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n");
     for (name, eps) in backends {
         let eps: Vec<String> = eps.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-        s.push_str(&format!("[backends.{name}]\nendpoints = [{}]\n\n", eps.join(", ")));
+        s.push_str(&format!(
+            "[backends.{name}]\nendpoints = [{}]\n\n",
+            eps.join(", ")
+        ));
     }
     s.push_str(routes);
     s
@@ -76,7 +85,9 @@ pub async fn blue_green(blue: u32, green: u32, route_extra: &str) -> (Backend, B
     let g = Backend::start("green").await;
     let cfg = config(
         &[("blue", &[&b]), ("green", &[&g])],
-        &format!("[[routes]]\nname = \"app\"\nweights = {{ blue = {blue}, green = {green} }}\n{route_extra}"),
+        &format!(
+            "[[routes]]\nname = \"app\"\nweights = {{ blue = {blue}, green = {green} }}\n{route_extra}"
+        ),
     );
     let p = Proxy::start(&cfg).await;
     (b, g, p)

@@ -12,6 +12,8 @@ pub struct Proxy {
     pub child: Child,
     pub http: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// The HTTPS listener, when the config has `https = ...` under `[listen]`.
+    pub https: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
@@ -31,7 +33,11 @@ impl Proxy {
     }
 
     /// Starts on an existing file in `dir`, with extra environment variables.
-    pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Proxy {
+    pub async fn start_at(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let mut cmd = Command::new(bin());
         cmd.args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)
@@ -48,35 +54,66 @@ impl Proxy {
         let logs2 = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
                 logs2.lock().unwrap().push(v);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut http, mut admin) = (None, None);
-        let wants_admin = std::fs::read_to_string(&config_path).unwrap_or_default().contains("[admin]");
-        while http.is_none() || (wants_admin && admin.is_none()) {
+        let (mut http, mut admin, mut https) = (None, None, None);
+        let text = std::fs::read_to_string(&config_path).unwrap_or_default();
+        let wants_admin = text.contains("[admin]");
+        let wants_https = text.lines().any(|l| {
+            l.trim_start()
+                .strip_prefix("https")
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        });
+        while http.is_none() || (wants_admin && admin.is_none()) || (wants_https && https.is_none())
+        {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("cutover exited with {status}: {:?}", logs.lock().unwrap());
             }
-            assert!(Instant::now() < deadline, "cutover did not report its listeners: {:?}", logs.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "cutover did not report its listeners: {:?}",
+                logs.lock().unwrap()
+            );
             for l in logs.lock().unwrap().iter() {
                 if l["message"] == "listening" {
                     let addr: Option<SocketAddr> = l["addr"].as_str().and_then(|a| a.parse().ok());
                     match l["listener"].as_str() {
                         Some("http") => http = addr,
                         Some("admin") => admin = addr,
+                        Some("https") => https = addr,
                         _ => {}
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Proxy { child, http: http.unwrap(), admin, dir, config_path, logs }
+        Proxy {
+            child,
+            http: http.unwrap(),
+            admin,
+            https,
+            dir,
+            config_path,
+            logs,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// `https://NAME:PORT/path` for the HTTPS listener (resolve NAME to 127.0.0.1).
+    pub fn https_url(&self, name: &str, path: &str) -> String {
+        format!(
+            "https://{}:{}{}",
+            name,
+            self.https.expect("config has listen.https").port(),
+            path
+        )
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -89,11 +126,21 @@ impl Proxy {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn state(&self) -> serde_json::Value {
-        reqwest::get(self.admin_url("/admin/state")).await.unwrap().json().await.unwrap()
+        reqwest::get(self.admin_url("/admin/state"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Replaces the config file atomically (write to temp, rename over).
@@ -103,7 +150,9 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit, up to `within`.
@@ -120,7 +169,8 @@ impl Proxy {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
