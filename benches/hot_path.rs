@@ -67,6 +67,7 @@ fn table(routes: usize, route_extra: &str) -> RoutingTable {
         config: config::parse(path, &text).expect("valid bench config"),
         path: path.into(),
         sha256: String::new(),
+        fingerprint: String::new(),
     };
     let metrics = Metrics::new(&[0.001, 0.01, 0.1, 1.0]);
     let registry = EndpointRegistry::new(

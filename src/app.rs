@@ -67,7 +67,7 @@ impl App {
         // Certificates are reloaded when their files change, even if the
         // config did not.
         let certs_ok = self.reload_certs(&loaded.config);
-        if loaded.sha256 == self.shared.table.load().source.sha256 {
+        if loaded.fingerprint == self.shared.table.load().source.fingerprint {
             if certs_ok {
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
@@ -127,19 +127,22 @@ impl App {
     }
 
     /// Directories to watch: the config's, and those of its certificates.
-    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+    /// A file given through a symlink is watched in both the link's and
+    /// the target's directory; the target is resolved anew at each call.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.config_path.clone()];
         for c in self.started_with.tls.iter().flat_map(|t| t.certs.iter()) {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
-        let mut dirs: Vec<PathBuf> = files
-            .iter()
-            .filter_map(|f| std::path::absolute(f).ok()?.parent().map(Path::to_path_buf))
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
+        let mut out = Vec::new();
+        for f in files {
+            out.extend(std::path::absolute(&f).ok());
+            out.extend(std::fs::canonicalize(&f).ok());
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     fn record_success(&self, generation: u64) {

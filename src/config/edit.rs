@@ -33,13 +33,34 @@ pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result
     lock.lock()
         .with_context(|| format!("cannot lock {}", dir.display()))?;
 
+    if let Edit::Set(pairs) = &edit
+        && let Some((dup, _)) = pairs
+            .iter()
+            .enumerate()
+            .find_map(|(i, (b, _))| pairs[..i].iter().find(|(o, _)| o == b))
+    {
+        bail!("backend \"{dup}\" is given twice");
+    }
     let before =
         fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
-    let mut doc: DocumentMut = before.parse().map_err(|e: toml_edit::TomlError| {
-        anyhow::anyhow!("{}: {}", path.display(), e.message())
-    })?;
+    // toml_edit writes "\n" and drops a byte-order mark: put both back.
+    let bom = before.starts_with('\u{feff}');
+    let crlf = before.contains("\r\n");
+    let mut doc: DocumentMut =
+        before
+            .trim_start_matches('\u{feff}')
+            .parse()
+            .map_err(|e: toml_edit::TomlError| {
+                anyhow::anyhow!("{}: {}", path.display(), e.message())
+            })?;
     let changes = edit_routes(&mut doc, route, &edit)?;
-    let after = doc.to_string();
+    let mut after = doc.to_string();
+    if crlf {
+        after = after.replace("\r\n", "\n").replace('\n', "\r\n");
+    }
+    if bom {
+        after.insert(0, '\u{feff}');
+    }
     // The same validation as `cutover check`, against the file's own
     // directory for relative secret files.
     super::parse(&target, &after).map_err(|e| {
@@ -69,6 +90,7 @@ fn edit_routes(
     };
     let mut changes = Vec::new();
     let mut matched = false;
+    let mut listed = std::collections::HashSet::new();
     for table in tables {
         let name = table
             .get("name")
@@ -82,6 +104,7 @@ fn edit_routes(
         let Some(weights) = table.get_mut("weights").and_then(|w| w.as_table_like_mut()) else {
             bail!("route \"{name}\" has no weights table");
         };
+        listed.extend(weights.iter().map(|(k, _)| k.to_owned()));
         let old: Vec<(String, i64)> = weights
             .iter()
             .map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0)))
@@ -89,7 +112,11 @@ fn edit_routes(
         match edit {
             Edit::Set(pairs) => {
                 for (backend, w) in pairs.iter() {
-                    set_weight(weights, backend, i64::from(*w));
+                    // Without --route only backends a route already lists
+                    // change; naming the route may add one.
+                    if only.is_some() || weights.contains_key(backend) {
+                        set_weight(weights, backend, i64::from(*w));
+                    }
                 }
             }
             Edit::Rollback { to } => {
@@ -109,6 +136,13 @@ fn edit_routes(
     }
     if !matched {
         bail!("no route named \"{}\"", only.unwrap_or_default());
+    }
+    if let (Edit::Set(pairs), None) = (edit, only)
+        && let Some((missing, _)) = pairs.iter().find(|(b, _)| !listed.contains(b.as_str()))
+    {
+        bail!(
+            "no route lists backend \"{missing}\" in its weights; name one with --route to add it"
+        );
     }
     Ok(changes)
 }

@@ -188,6 +188,9 @@ pub struct Loaded {
     pub config: Config,
     pub path: PathBuf,
     pub sha256: String,
+    /// Changes when the text or any secret or token it reads from a file or
+    /// the environment changes: what a reload compares.
+    pub fingerprint: String,
 }
 
 /// Reads, parses and validates a config file.
@@ -197,10 +200,12 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         source,
     })?;
     let config = parse(path, &text)?;
+    let fingerprint = fingerprint(&text, &config);
     Ok(Loaded {
         config,
         path: path.to_path_buf(),
         sha256: sha256_hex(text.as_bytes()),
+        fingerprint,
     })
 }
 
@@ -208,6 +213,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// relative `*_file` paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     validate::parse(path, text)
+}
+
+fn fingerprint(text: &str, config: &Config) -> String {
+    let mut input = text.as_bytes().to_vec();
+    for r in &config.routes {
+        for secret in [
+            r.sticky.as_ref().and_then(|s| s.secret.as_deref()),
+            r.overrides
+                .as_ref()
+                .and_then(|o| o.token.as_deref().map(str::as_bytes)),
+        ] {
+            input.push(0);
+            input.extend_from_slice(secret.unwrap_or_default());
+        }
+    }
+    sha256_hex(&input)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

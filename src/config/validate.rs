@@ -178,6 +178,7 @@ impl Validator<'_> {
                 "backends: at least one backend is required".into(),
             );
         }
+        self.shared_tls_endpoints(&raw, &backends);
         let known: BTreeSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
         let mut names = HashSet::new();
         let mut routes = Vec::new();
@@ -202,6 +203,30 @@ impl Validator<'_> {
             metric_buckets,
             backends,
             routes,
+        }
+    }
+
+    /// Upstream TLS settings are per connection pool, which is per address:
+    /// two backends may share an `https://` endpoint only if they verify it
+    /// the same way.
+    fn shared_tls_endpoints(&mut self, raw: &RawConfig, backends: &[BackendSpec]) {
+        for (i, (name, _)) in raw.backends.get_ref().iter().enumerate() {
+            let Some(b) = backends.get(i) else { continue };
+            let clash = backends[..i].iter().find(|other| {
+                other.upstream_tls != b.upstream_tls
+                    && b.endpoints
+                        .iter()
+                        .any(|e| e.scheme == Scheme::HTTPS && other.endpoints.contains(e))
+            });
+            if let Some(other) = clash {
+                self.error(
+                    name,
+                    format!(
+                        "backends.{}: shares an https:// endpoint with backends.{} but sets ca or insecure_skip_verify differently",
+                        b.name, other.name
+                    ),
+                );
+            }
         }
     }
 

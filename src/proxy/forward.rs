@@ -15,7 +15,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::body::RequestBody;
+use super::body::{GaugeGuard, RequestBody};
 use super::error::{ProxyError, classify};
 use super::handler::Worker;
 use crate::metrics::RetryReason;
@@ -31,6 +31,8 @@ pub struct Sent<'t> {
     pub backend: usize,
     pub endpoint: &'t Arc<Endpoint>,
     pub in_flight: InFlight,
+    /// `cutover_requests_in_flight` of the backend that answered.
+    pub gauge: GaugeGuard,
 }
 
 /// Why it failed, and on which backend the failure counts.
@@ -121,6 +123,7 @@ pub async fn forward<'t>(
         let req = to_upstream(req, endpoint);
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
+        let gauge = GaugeGuard::new(this.metrics.in_flight());
         let (next_backend, next) = match tokio::time::timeout_at(deadline, w.client.request(req))
             .await
         {
@@ -146,6 +149,7 @@ pub async fn forward<'t>(
                         backend,
                         endpoint,
                         in_flight,
+                        gauge,
                     });
                 }
                 match retry_target(route, backend, endpoint) {
@@ -162,6 +166,7 @@ pub async fn forward<'t>(
                             backend,
                             endpoint,
                             in_flight,
+                            gauge,
                         });
                     }
                 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
-use super::body::{GaugeGuard, ResponseBody};
+use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::forward::{Failed, Sent, forward};
 use super::headers;
@@ -124,12 +124,12 @@ pub async fn handle(
     }
 
     // 5. Forward: retries and the request timeout live in `forward`.
-    let gauge = GaugeGuard::new(route.backends[backend].metrics.in_flight());
     let Sent {
         mut resp,
         backend,
         endpoint: _,
         in_flight,
+        gauge,
     } = match forward(w, route, backend, endpoint, parts, body, started).await {
         Ok(sent) => sent,
         Err(Failed { err, backend }) => {

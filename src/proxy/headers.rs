@@ -39,6 +39,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
     headers.remove(&HTTP2_SETTINGS);
+    // The tester override token is Cutover's own and stays out of the app.
+    headers.remove(&crate::routing::overrides::TOKEN_HEADER);
     if headers.get(header::TE).is_some_and(|te| te != TRAILERS) {
         headers.remove(header::TE);
     }

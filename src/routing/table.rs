@@ -21,6 +21,7 @@ use crate::upstream::{Backend, EndpointRegistry};
 pub struct Source {
     pub path: std::path::PathBuf,
     pub sha256: String,
+    pub fingerprint: String,
     pub loaded_at: SystemTime,
 }
 
@@ -139,6 +140,7 @@ impl RoutingTable {
             source: Source {
                 path: loaded.path.clone(),
                 sha256: loaded.sha256.clone(),
+                fingerprint: loaded.fingerprint.clone(),
                 loaded_at: SystemTime::now(),
             },
             routes,

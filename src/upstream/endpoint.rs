@@ -104,7 +104,8 @@ pub struct Backend {
     pub balance: Balance,
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
-    pub budget: RetryBudget,
+    /// Shared by every table that has this backend, so reloads keep it.
+    pub budget: Arc<RetryBudget>,
     ejections: IntCounterVec,
 }
 
@@ -136,7 +137,16 @@ impl Backend {
                     c.set(v.wrapping_add(1));
                     v
                 });
-                self.scan(start, None)
+                // The n-th available endpoint, so an unavailable one's
+                // share is spread over all the others, not its neighbour.
+                let up = eps.iter().filter(|e| e.is_available()).count();
+                if up == 0 {
+                    return None;
+                }
+                eps.iter()
+                    .filter(|e| e.is_available())
+                    .nth(start % up)
+                    .or_else(|| self.scan(start, None))
             }
         }
     }
@@ -215,6 +225,7 @@ impl Backend {
 #[derive(Debug)]
 pub struct EndpointRegistry {
     known: Mutex<HashMap<(String, EndpointSpec), Arc<Endpoint>>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     ejections: IntCounterVec,
 }
 
@@ -222,6 +233,7 @@ impl EndpointRegistry {
     pub fn new(ejections: IntCounterVec) -> EndpointRegistry {
         EndpointRegistry {
             known: Mutex::default(),
+            budgets: Mutex::default(),
             ejections,
         }
     }
@@ -231,6 +243,8 @@ impl EndpointRegistry {
     pub fn backends(&self, specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets.retain(|name, _| specs.iter().any(|b| &b.name == name));
         let backends = specs
             .iter()
             .map(|b| {
@@ -254,7 +268,10 @@ impl EndpointRegistry {
                     balance: b.balance,
                     outlier: b.outlier.clone(),
                     retry: b.retry.clone(),
-                    budget: RetryBudget::new(0.2, 1),
+                    budget: budgets
+                        .entry(b.name.clone())
+                        .or_insert_with(|| Arc::new(RetryBudget::new(0.2, 1)))
+                        .clone(),
                     ejections: self.ejections.clone(),
                 })
             })
