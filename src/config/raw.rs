@@ -25,7 +25,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     pub tls: Option<Spanned<RawTls>>,
-    pub backends: Spanned<BTreeMap<Str, RawBackend>>,
+    pub backends: Spanned<BTreeMap<String, Spanned<RawBackend>>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -132,7 +132,7 @@ pub struct RawRoute {
     pub name: Str,
     pub host: Option<Str>,
     pub path_prefix: Option<Str>,
-    pub weights: Spanned<BTreeMap<Str, Spanned<i64>>>,
+    pub weights: Spanned<BTreeMap<String, Spanned<i64>>>,
     pub sticky: Option<Spanned<RawSticky>>,
     #[serde(rename = "override")]
     pub overrides: Option<Spanned<RawOverride>>,

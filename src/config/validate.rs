@@ -25,14 +25,20 @@ const DEFAULT_BUCKETS: &[f64] = &[
 
 pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+    // serde_path_to_error names the key path of type and unknown-key
+    // errors, as validation errors do.
+    let located = |e: toml::de::Error, path: Option<String>| {
         let offset = e.span().map_or(0, |s| s.start);
-        ConfigError::Invalid(vec![Diagnostic::at(
-            &file,
-            text,
-            offset,
-            e.message().trim().to_owned(),
-        )])
+        let message = match path.filter(|p| p != ".") {
+            Some(p) => format!("{p}: {}", e.message().trim()),
+            None => e.message().trim().to_owned(),
+        };
+        ConfigError::Invalid(vec![Diagnostic::at(&file, text, offset, message)])
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| located(e, None))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = key_path(e.path());
+        located(e.into_inner(), Some(path))
     })?;
     let mut v = Validator {
         file,
@@ -210,7 +216,7 @@ impl Validator<'_> {
     /// two backends may share an `https://` endpoint only if they verify it
     /// the same way.
     fn shared_tls_endpoints(&mut self, raw: &RawConfig, backends: &[BackendSpec]) {
-        for (i, (name, _)) in raw.backends.get_ref().iter().enumerate() {
+        for (i, (_, spanned)) in raw.backends.get_ref().iter().enumerate() {
             let Some(b) = backends.get(i) else { continue };
             let clash = backends[..i].iter().find(|other| {
                 other.upstream_tls != b.upstream_tls
@@ -220,7 +226,7 @@ impl Validator<'_> {
             });
             if let Some(other) = clash {
                 self.error(
-                    name,
+                    spanned,
                     format!(
                         "backends.{}: shares an https:// endpoint with backends.{} but sets ca or insecure_skip_verify differently",
                         b.name, other.name
@@ -287,11 +293,12 @@ impl Validator<'_> {
         }
     }
 
-    fn backend(&mut self, name: &Str, raw: &RawBackend) -> BackendSpec {
-        let key = format!("backends.{}", name.get_ref());
-        if !valid_name(name.get_ref()) {
+    fn backend(&mut self, name: &str, spanned: &Spanned<RawBackend>) -> BackendSpec {
+        let raw = spanned.get_ref();
+        let key = format!("backends.{}", name);
+        if !valid_name(name) {
             self.error(
-                name,
+                spanned,
                 format!("{key}: a backend name uses only letters, digits, '-' and '_'"),
             );
         }
@@ -362,7 +369,7 @@ impl Validator<'_> {
             insecure_skip_verify: raw.insecure_skip_verify,
         };
         BackendSpec {
-            name: name.get_ref().clone(),
+            name: name.to_owned(),
             endpoints,
             balance,
             health,
@@ -487,12 +494,12 @@ impl Validator<'_> {
         let known_list = known.iter().copied().collect::<Vec<_>>().join(", ");
         let mut weights = Vec::new();
         for (backend, w) in r.weights.get_ref() {
-            if !known.contains(backend.get_ref().as_str()) {
+            if !known.contains(backend.as_str()) {
                 self.error(
-                    backend,
+                    &r.weights,
                     format!(
                         "{key}.weights: backend \"{}\" is not defined (known: {known_list})",
-                        backend.get_ref()
+                        backend
                     ),
                 );
             } else if !(0..=1_000_000).contains(w.get_ref()) {
@@ -500,12 +507,12 @@ impl Validator<'_> {
                     w,
                     format!(
                         "{key}.weights.{}: {} is out of range 0..=1000000",
-                        backend.get_ref(),
+                        backend,
                         w.get_ref()
                     ),
                 );
             } else {
-                weights.push((backend.get_ref().clone(), *w.get_ref() as u32));
+                weights.push((backend.clone(), *w.get_ref() as u32));
             }
         }
         if r.weights.get_ref().values().all(|w| *w.get_ref() <= 0) {
@@ -698,6 +705,26 @@ impl Validator<'_> {
     }
 }
 
+/// `routes[1].weights.blue`, without the segments `toml::Spanned` adds.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if out.is_empty() { ".".into() } else { out }
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -752,7 +779,7 @@ mod tests {
         let e = errors(&text);
         assert_eq!(
             e,
-            "c.toml:9:23: routes[0].weights: backend \"gren\" is not defined (known: blue, green)"
+            "c.toml:9:11: routes[0].weights: backend \"gren\" is not defined (known: blue, green)"
         );
     }
 
