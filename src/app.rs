@@ -293,7 +293,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     });
     app.record_success(1);
 
-    rt.block_on(async {
+    let result = rt.block_on(async {
         if let Some(addr) = config.admin {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -316,7 +316,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             tracing::warn!("drain deadline passed; closing the remaining connections");
         }
         anyhow::Ok(())
-    })?;
+    });
+    // Dropping the runtime would wait for the blocking join of the workers,
+    // i.e. past the drain deadline.
+    rt.shutdown_background();
+    result?;
     tracing::info!("stopped");
     Ok(())
 }

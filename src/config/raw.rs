@@ -132,7 +132,7 @@ pub struct RawRoute {
     pub name: Str,
     pub host: Option<Str>,
     pub path_prefix: Option<Str>,
-    pub weights: Spanned<BTreeMap<String, Spanned<i64>>>,
+    pub weights: Spanned<BTreeMap<Str, Spanned<i64>>>,
     pub sticky: Option<Spanned<RawSticky>>,
     #[serde(rename = "override")]
     pub overrides: Option<Spanned<RawOverride>>,

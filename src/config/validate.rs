@@ -37,7 +37,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let de = toml::Deserializer::parse(text).map_err(|e| located(e, None))?;
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = key_path(e.path());
+        let offset = e.inner().span().map_or(0, |s| s.start);
+        let path = key_path(e.path(), key_before(text, offset));
         located(e.into_inner(), Some(path))
     })?;
     let mut v = Validator {
@@ -494,12 +495,12 @@ impl Validator<'_> {
         let known_list = known.iter().copied().collect::<Vec<_>>().join(", ");
         let mut weights = Vec::new();
         for (backend, w) in r.weights.get_ref() {
-            if !known.contains(backend.as_str()) {
+            if !known.contains(backend.get_ref().as_str()) {
                 self.error(
-                    &r.weights,
+                    backend,
                     format!(
                         "{key}.weights: backend \"{}\" is not defined (known: {known_list})",
-                        backend
+                        backend.get_ref()
                     ),
                 );
             } else if !(0..=1_000_000).contains(w.get_ref()) {
@@ -507,12 +508,12 @@ impl Validator<'_> {
                     w,
                     format!(
                         "{key}.weights.{}: {} is out of range 0..=1000000",
-                        backend,
+                        backend.get_ref(),
                         w.get_ref()
                     ),
                 );
             } else {
-                weights.push((backend.clone(), *w.get_ref() as u32));
+                weights.push((backend.get_ref().clone(), *w.get_ref() as u32));
             }
         }
         if r.weights.get_ref().values().all(|w| *w.get_ref() <= 0) {
@@ -706,7 +707,9 @@ impl Validator<'_> {
 }
 
 /// `routes[1].weights.blue`, without the segments `toml::Spanned` adds.
-fn key_path(path: &serde_path_to_error::Path) -> String {
+/// A map key serde cannot name (a `Spanned` key) is read from the text: the
+/// `key =` just before the value at `offset`.
+fn key_path(path: &serde_path_to_error::Path, unknown: Option<&str>) -> String {
     use serde_path_to_error::Segment;
     let mut out = String::new();
     for seg in path.iter() {
@@ -719,10 +722,23 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
                 }
                 out.push_str(key);
             }
-            Segment::Unknown => {}
+            Segment::Unknown => {
+                if let Some(key) = unknown {
+                    out.push('.');
+                    out.push_str(key);
+                }
+            }
         }
     }
     if out.is_empty() { ".".into() } else { out }
+}
+
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset)?.trim_end().strip_suffix('=')?.trim_end();
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    Some(&before[start..]).filter(|k| !k.is_empty())
 }
 
 fn valid_name(s: &str) -> bool {
@@ -779,7 +795,7 @@ mod tests {
         let e = errors(&text);
         assert_eq!(
             e,
-            "c.toml:9:11: routes[0].weights: backend \"gren\" is not defined (known: blue, green)"
+            "c.toml:9:23: routes[0].weights: backend \"gren\" is not defined (known: blue, green)"
         );
     }
 
@@ -787,7 +803,7 @@ mod tests {
     fn unknown_field_and_bad_duration_and_address() {
         assert!(
             errors(&format!("{BASE}[limits]\nmax_foo = 1\n"))
-                .starts_with("c.toml:8:1: unknown field `max_foo`")
+                .starts_with("c.toml:8:1: limits.max_foo: unknown field `max_foo`")
         );
         assert!(
             errors(&format!("{BASE}[timeouts]\nconnect = \"1 parsec\"\n"))

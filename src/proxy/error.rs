@@ -13,6 +13,10 @@ pub enum ProxyError {
     /// Both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.1): a
     /// smuggling attempt or a broken client; the connection is closed.
     AmbiguousFraming,
+    /// A transfer coding other than a single `chunked` (RFC 9112 §6.1).
+    UnsupportedTransferCoding,
+    /// No `Host`, or several, in HTTP/1.1 (RFC 9112 §3.2).
+    BadHost,
     NoRoute,
     /// The client's body could not be read while buffering it for retries.
     ClientBody,
@@ -27,6 +31,8 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
@@ -43,6 +49,10 @@ impl ProxyError {
             ProxyError::AmbiguousFraming => {
                 "bad request: both Content-Length and Transfer-Encoding\n"
             }
+            ProxyError::UnsupportedTransferCoding => {
+                "not implemented: only a single chunked transfer coding is supported\n"
+            }
+            ProxyError::BadHost => "bad request: exactly one Host header is required\n",
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::ClientBody => "bad request: the request body could not be read\n",
             ProxyError::NoEndpoint => "no backend available\n",
@@ -80,7 +90,9 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         match self {
-            ProxyError::AmbiguousFraming => {
+            ProxyError::AmbiguousFraming
+            | ProxyError::UnsupportedTransferCoding
+            | ProxyError::BadHost => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::NoEndpoint => {

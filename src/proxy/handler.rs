@@ -23,6 +23,8 @@ use crate::upstream::client::UpstreamClient;
 pub struct Worker {
     pub shared: Arc<Shared>,
     pub client: UpstreamClient,
+    /// Upgraded tunnels are tracked like connections, so shutdown drains them.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 /// What the request path needs to know about the client connection.
@@ -66,6 +68,29 @@ pub async fn handle(
             false,
             started,
         );
+    }
+    //    The only transfer coding the proxy can pass on is a single chunked
+    //    (it re-frames bodies): anything else would be silently dropped.
+    let te: Vec<&[u8]> = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .collect();
+    let single_chunked = te.len() == 1 && te[0].eq_ignore_ascii_case(b"chunked");
+    if !(te.is_empty() || single_chunked) {
+        return local(
+            &table.unmatched,
+            ProxyError::UnsupportedTransferCoding,
+            false,
+            started,
+        );
+    }
+    //    Exactly one Host in HTTP/1.1 (RFC 9112 §3.2).
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        return local(&table.unmatched, ProxyError::BadHost, false, started);
     }
 
     // 2. Match a route by host and path.
@@ -150,7 +175,7 @@ pub async fn handle(
         headers::strip_hop_by_hop(resp.headers_mut());
         if let (Some(client), Some(p)) = (client_upgrade, protocol) {
             headers::set_upgrade(resp.headers_mut(), p);
-            tokio::spawn(upgrade::tunnel(
+            w.tracker.spawn(upgrade::tunnel(
                 client,
                 upstream_upgrade,
                 route.name.clone(),

@@ -12,7 +12,6 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_CUTOVER_BACKEND: HeaderName = HeaderName::from_static("x-cutover-backend");
 
 static UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
-static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
@@ -30,7 +29,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
         for name in named {
-            headers.remove(name);
+            if name != header::HOST {
+                headers.remove(name);
+            }
         }
         headers.remove(header::CONNECTION);
     }
@@ -41,7 +42,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(&HTTP2_SETTINGS);
     // The tester override token is Cutover's own and stays out of the app.
     headers.remove(&crate::routing::overrides::TOKEN_HEADER);
-    if headers.get(header::TE).is_some_and(|te| te != TRAILERS) {
+    let te_only_trailers = headers.get_all(header::TE).iter().all(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
+    if !te_only_trailers {
         headers.remove(header::TE);
     }
 }
@@ -86,8 +92,14 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
         &X_FORWARDED_PROTO,
         if tls { HTTPS.clone() } else { HTTP.clone() },
     );
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(&X_FORWARDED_HOST, host);
+    // Never pass on a client's own X-Forwarded-Host.
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
 }
 

@@ -135,11 +135,12 @@ async fn worker(
     https: Option<(std::net::TcpListener, TlsAcceptor)>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let tracker = TaskTracker::new();
     let worker = Arc::new(Worker {
         client: client::build(&shared.timeouts, shared.upstream_tls.clone()),
         shared: shared.clone(),
+        tracker: tracker.clone(),
     });
-    let tracker = TaskTracker::new();
     let plain = accept_loop(
         worker.clone(),
         http,
