@@ -73,6 +73,7 @@ fn table(routes: usize, route_extra: &str) -> RoutingTable {
     let registry = EndpointRegistry::new(
         prometheus::IntCounterVec::new(prometheus::Opts::new("e", "e"), &["backend", "endpoint"])
             .unwrap(),
+        1,
     );
     RoutingTable::build(&loaded, 1, &registry, &metrics)
 }

@@ -248,12 +248,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let metrics = Arc::new(Metrics::new(&config.metric_buckets));
-    let registry = EndpointRegistry::new(metrics.ejections.clone());
+    let registry = EndpointRegistry::new(metrics.ejections.clone(), config.workers);
     let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
-    let health = HealthCheckers::new(rt.handle().clone());
-    health.sync(&table.backends, &health_specs(&config));
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
     shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
+    let health = HealthCheckers::new(rt.handle().clone(), shared.upstream_tls.clone());
+    health.sync(&shared.table.load().backends, &health_specs(&config));
     let http = config.listen_http.context("listen.http is required")?;
     let listeners = Listeners::bind(http, config.workers)
         .with_context(|| format!("cannot listen on {http}"))?;

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use prometheus::IntGauge;
 
 use crate::upstream::endpoint::InFlight;
+use crate::upstream::pool::Lease;
 
 /// What is sent upstream: the client's body as it arrives, a small body
 /// buffered so that a retry can send it again, or nothing.
@@ -58,9 +59,11 @@ impl Body for RequestBody {
 /// What is sent to the client: the upstream's body, or a short local one.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// Counts as in flight (endpoint and gauge) until fully sent or dropped.
+    /// Counts as in flight (endpoint and gauge) until fully sent or dropped;
+    /// the connection goes back to its pool once the body has ended.
     Upstream {
         body: Incoming,
+        lease: Option<Lease>,
         _in_flight: InFlight,
         _gauge: GaugeGuard,
     },
@@ -86,7 +89,18 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ResponseBody::Upstream { body, lease, .. } => {
+                let frame = Pin::new(&mut *body).poll_frame(cx);
+                match &frame {
+                    Poll::Ready(None) => lease.take().map(Lease::release),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        lease.take().map(Lease::release)
+                    }
+                    Poll::Ready(Some(Err(_))) => lease.take().map(drop),
+                    _ => None,
+                };
+                frame
+            }
             ResponseBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -104,6 +118,20 @@ impl Body for ResponseBody {
             ResponseBody::Local(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    /// The server may stop polling once `is_end_stream` says so: the
+    /// connection is released here then. A body dropped before its end (the
+    /// client went away) takes its connection with it.
+    fn drop(&mut self) {
+        if let ResponseBody::Upstream { body, lease, .. } = self
+            && body.is_end_stream()
+            && let Some(lease) = lease.take()
+        {
+            lease.release();
         }
     }
 }

@@ -6,6 +6,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ResponseBody;
 use crate::metrics::UpstreamErrorKind;
+use crate::upstream::connect::ConnectError;
+use crate::upstream::pool::UpstreamError;
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,30 +107,18 @@ impl ProxyError {
 }
 
 /// Classifies an error of the upstream client.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    let mut source = err.source();
-    let mut io_kind = None;
-    let mut hyper_err = None;
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            io_kind.get_or_insert(io.kind());
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            hyper_err.get_or_insert(h);
-        }
-        source = e.source();
-    }
-    if io_kind == Some(std::io::ErrorKind::TimedOut) {
-        return UpstreamErrorKind::Timeout;
-    }
-    if err.is_connect() {
-        return UpstreamErrorKind::Connect;
-    }
-    match hyper_err {
-        Some(h) if h.is_parse() || h.is_parse_status() || h.is_user() => {
+pub fn classify(err: &UpstreamError) -> UpstreamErrorKind {
+    match err {
+        UpstreamError::Connect(ConnectError::Timeout) => UpstreamErrorKind::Timeout,
+        UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+        UpstreamError::Http(h) if h.is_parse() || h.is_parse_status() || h.is_user() => {
             UpstreamErrorKind::Protocol
         }
-        Some(h) if h.is_timeout() => UpstreamErrorKind::Timeout,
-        _ => UpstreamErrorKind::Reset,
+        UpstreamError::Http(h) if h.is_timeout() => UpstreamErrorKind::Timeout,
+        UpstreamError::Http(h) => match h.source().and_then(|e| e.downcast_ref::<std::io::Error>())
+        {
+            Some(io) if io.kind() == std::io::ErrorKind::TimedOut => UpstreamErrorKind::Timeout,
+            _ => UpstreamErrorKind::Reset,
+        },
     }
 }

@@ -22,12 +22,15 @@ use crate::metrics::RetryReason;
 use crate::routing::Route;
 use crate::upstream::Endpoint;
 use crate::upstream::endpoint::InFlight;
+use crate::upstream::pool::{Lease, SendError};
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
 /// Where a request went and what came back.
 pub struct Sent<'t> {
     pub resp: Response<Incoming>,
+    /// The connection, to go back to its pool when the body has been read.
+    pub lease: Lease,
     pub backend: usize,
     pub endpoint: &'t Arc<Endpoint>,
     pub in_flight: InFlight,
@@ -41,13 +44,13 @@ pub struct Failed {
     pub backend: usize,
 }
 
-/// A request head and body that can be sent more than once.
+/// A copy of an idempotent request for retries after a 5xx, which consume
+/// the original.
 struct Replay {
     method: Method,
     uri: Uri,
     headers: http::HeaderMap,
     body: Option<Bytes>,
-    idempotent: bool,
 }
 
 pub async fn forward<'t>(
@@ -55,17 +58,19 @@ pub async fn forward<'t>(
     route: &'t Route,
     mut backend: usize,
     mut endpoint: &'t Arc<Endpoint>,
-    parts: Parts,
+    mut parts: Parts,
     body: Incoming,
     started: Instant,
 ) -> Result<Sent<'t>, Failed> {
     let policy = &route.backends[backend].backend.retry;
     let deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
-    // Keep a copy only when a retry could use it: the head, and a body small
-    // enough to buffer (larger bodies stream and are never retried).
-    let mut once = None;
+    to_origin_form(&mut parts);
+    // A request that never reached a backend comes back whole from the pool,
+    // so connect failures retry without a copy. Only 5xx retries need one:
+    // the head, and a body small enough to buffer (larger ones stream and
+    // are not retried after a 5xx).
     let mut replay = None;
-    if policy.retries > 0 {
+    let body = if policy.retries > 0 && policy.on_5xx && idempotent(&parts.method) {
         let empty = body.is_end_stream();
         let small = body
             .size_hint()
@@ -85,49 +90,34 @@ pub async fn forward<'t>(
                     }
                 }
             };
-            replay = Some(Replay {
-                idempotent: matches!(
-                    parts.method,
-                    Method::GET
-                        | Method::HEAD
-                        | Method::OPTIONS
-                        | Method::PUT
-                        | Method::DELETE
-                        | Method::TRACE
-                ),
-                method: parts.method,
-                uri: parts.uri,
-                headers: parts.headers,
+            let copy = Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
                 body: buffered,
-            });
-        } else {
-            once = Some((parts, RequestBody::Streaming(body)));
-        }
-    } else {
-        let body = if body.is_end_stream() {
-            RequestBody::Empty
+            };
+            let body = copy.body();
+            replay = Some(copy);
+            body
         } else {
             RequestBody::Streaming(body)
-        };
-        once = Some((parts, body));
-    }
+        }
+    } else if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Streaming(body)
+    };
     route.backends[backend].backend.budget.deposit(started);
 
+    let mut req = Request::from_parts(parts, body);
     let mut attempt = 0;
     loop {
-        let req = match (&replay, once.take()) {
-            (_, Some((parts, body))) => Request::from_parts(parts, body),
-            (Some(r), None) => r.request(),
-            (None, None) => unreachable!("a request without a replay copy is sent once"),
-        };
-        let req = to_upstream(req, endpoint);
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
         let gauge = GaugeGuard::new(this.metrics.in_flight());
-        let (next_backend, next) = match tokio::time::timeout_at(deadline, w.client.request(req))
-            .await
-        {
-            Ok(Ok(resp)) => {
+        let sent = tokio::time::timeout_at(deadline, w.client.send(endpoint, req)).await;
+        let (next_backend, next) = match sent {
+            Ok(Ok((resp, lease))) => {
                 let status = resp.status();
                 if status.is_server_error() {
                     this.backend.report_failure(endpoint);
@@ -135,59 +125,49 @@ pub async fn forward<'t>(
                     endpoint.report_success();
                     this.backend.forgive(endpoint);
                 }
-                let retryable = matches!(
+                let retry = matches!(
                     status,
                     StatusCode::BAD_GATEWAY
                         | StatusCode::SERVICE_UNAVAILABLE
                         | StatusCode::GATEWAY_TIMEOUT
-                ) && this.backend.retry.on_5xx
-                    && replay.as_ref().is_some_and(|r| r.idempotent)
-                    && attempt < policy.retries;
-                if !retryable {
+                ) && attempt < policy.retries;
+                let target = match &replay {
+                    Some(r) if retry => retry_target(route, backend, endpoint).map(|t| (t, r)),
+                    _ => None,
+                };
+                // No retry possible: the client gets the backend's answer.
+                let Some((next, copy)) = target else {
                     return Ok(Sent {
                         resp,
+                        lease,
                         backend,
                         endpoint,
                         in_flight,
                         gauge,
                     });
-                }
-                match retry_target(route, backend, endpoint) {
-                    Some(next) => {
-                        tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                            status = status.as_u16(), "retrying after a 5xx");
-                        this.metrics.retry(RetryReason::Status5xx);
-                        next
-                    }
-                    // No retry possible: the client gets the backend's answer.
-                    None => {
-                        return Ok(Sent {
-                            resp,
-                            backend,
-                            endpoint,
-                            in_flight,
-                            gauge,
-                        });
-                    }
-                }
+                };
+                tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                    status = status.as_u16(), "retrying after a 5xx");
+                this.metrics.retry(RetryReason::Status5xx);
+                req = copy.request();
+                next
             }
-            Ok(Err(e)) => {
-                let kind = classify(&e);
+            Ok(Err(SendError { error, unsent })) => {
+                let kind = classify(&error);
                 this.backend.report_failure(endpoint);
                 this.metrics.upstream_error(kind);
                 tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    kind = kind.as_str(), error = %error_chain(&e), "upstream request failed");
+                    kind = kind.as_str(), error = %error_chain(&error), "upstream request failed");
                 let err = ProxyError::Upstream(kind);
-                if !e.is_connect() || replay.is_none() || attempt >= policy.retries {
+                let Some(unsent) = unsent.filter(|_| attempt < policy.retries) else {
                     return Err(Failed { err, backend });
-                }
-                match retry_target(route, backend, endpoint) {
-                    Some(next) => {
-                        this.metrics.retry(RetryReason::Connect);
-                        next
-                    }
-                    None => return Err(Failed { err, backend }),
-                }
+                };
+                let Some(next) = retry_target(route, backend, endpoint) else {
+                    return Err(Failed { err, backend });
+                };
+                this.metrics.retry(RetryReason::Connect);
+                req = unsent;
+                next
             }
             Err(_) => {
                 this.backend.report_failure(endpoint);
@@ -206,6 +186,27 @@ pub async fn forward<'t>(
         }
         (backend, endpoint) = (next_backend, next);
         attempt += 1;
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// HTTP/1.1 to the endpoint, with the path and query only (an HTTP/2 or
+/// absolute-form request carries scheme and authority in its URI).
+fn to_origin_form(parts: &mut Parts) {
+    parts.version = Version::HTTP_11;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| ROOT.clone());
+        parts.uri = Uri::from(path);
     }
 }
 
@@ -236,33 +237,20 @@ fn retry_target<'t>(
 }
 
 impl Replay {
-    fn request(&self) -> Request<RequestBody> {
-        let body = match &self.body {
+    fn body(&self) -> RequestBody {
+        match &self.body {
             Some(b) => RequestBody::Buffered(Some(b.clone())),
             None => RequestBody::Empty,
-        };
-        let mut req = Request::new(body);
+        }
+    }
+
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(self.body());
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
         req
     }
-}
-
-/// Points the request at `endpoint`: absolute URI for the pool key, HTTP/1.1.
-fn to_upstream(mut req: Request<RequestBody>, endpoint: &Endpoint) -> Request<RequestBody> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| ROOT.clone());
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(endpoint.spec.scheme.clone());
-    uri.authority = Some(endpoint.spec.authority.clone());
-    uri.path_and_query = Some(path);
-    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path are set");
-    *req.version_mut() = Version::HTTP_11;
-    req
 }
 
 /// "a: b: c" from an error and its sources, for one log field.

@@ -17,12 +17,12 @@ use super::headers;
 use super::server::Shared;
 use super::upgrade;
 use crate::metrics::RouteMetrics;
-use crate::upstream::client::UpstreamClient;
+use crate::upstream::pool::Client;
 
 /// What a worker thread owns.
 pub struct Worker {
     pub shared: Arc<Shared>,
-    pub client: UpstreamClient,
+    pub client: Client,
     /// Upgraded tunnels are tracked like connections, so shutdown drains them.
     pub tracker: tokio_util::task::TaskTracker,
 }
@@ -151,6 +151,7 @@ pub async fn handle(
     // 5. Forward: retries and the request timeout live in `forward`.
     let Sent {
         mut resp,
+        lease,
         backend,
         endpoint: _,
         in_flight,
@@ -168,8 +169,11 @@ pub async fn handle(
     };
     let served = &route.backends[backend];
 
-    // 6. Rewrite the response: hop-by-hop out, unless switching protocols.
+    // 6. Rewrite the response: hop-by-hop out, unless switching protocols
+    //    (the connection then belongs to the tunnel, not the pool).
+    let mut lease = Some(lease);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        lease = None;
         let protocol = resp.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         headers::strip_hop_by_hop(resp.headers_mut());
@@ -200,6 +204,7 @@ pub async fn handle(
     );
     resp.map(|body| ResponseBody::Upstream {
         body,
+        lease,
         _in_flight: in_flight,
         _gauge: gauge,
     })

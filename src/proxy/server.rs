@@ -23,8 +23,8 @@ use super::io::{Activity, ActivityIo};
 use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
-use crate::upstream::client;
-use crate::upstream::connector::TlsConfigs;
+use crate::upstream::connect::TlsConfigs;
+use crate::upstream::pool::Client;
 
 /// State shared by every worker thread.
 pub struct Shared {
@@ -122,7 +122,7 @@ pub fn spawn_workers(
                         .enable_all()
                         .build()
                         .expect("a runtime starts");
-                    rt.block_on(worker(shared, socket, tls, shutdown));
+                    rt.block_on(worker(i, shared, socket, tls, shutdown));
                 })
                 .expect("a thread starts")
         })
@@ -130,6 +130,7 @@ pub fn spawn_workers(
 }
 
 async fn worker(
+    id: usize,
     shared: Arc<Shared>,
     http: std::net::TcpListener,
     https: Option<(std::net::TcpListener, TlsAcceptor)>,
@@ -137,10 +138,11 @@ async fn worker(
 ) {
     let tracker = TaskTracker::new();
     let worker = Arc::new(Worker {
-        client: client::build(&shared.timeouts, shared.upstream_tls.clone()),
+        client: Client::new(id, shared.upstream_tls.clone(), shared.timeouts.connect),
         shared: shared.clone(),
         tracker: tracker.clone(),
     });
+    tokio::spawn(sweep_pools(id, shared.clone()));
     let plain = accept_loop(
         worker.clone(),
         http,
@@ -157,6 +159,21 @@ async fn worker(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// Closes this worker's idle upstream connections that timed out or were
+/// closed by their endpoint, every few seconds.
+async fn sweep_pools(worker: usize, shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        let table = shared.table.load();
+        for backend in &table.backends {
+            for ep in backend.endpoints.iter() {
+                ep.pools.sweep(worker);
+            }
+        }
+    }
 }
 
 /// Accepts connections until shutdown; each is served on its own task.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounterVec;
 
 use super::budget::RetryBudget;
+use super::pool::Pools;
 use crate::config::{BackendSpec, Balance, EndpointSpec, OutlierSpec, RetrySpec};
 
 /// Milliseconds on a process-wide monotonic clock; never 0.
@@ -35,11 +36,14 @@ pub struct Endpoint {
     consecutive_failures: AtomicU32,
     /// Why the health check last said what it said, for `/admin/state`.
     pub health_detail: Mutex<String>,
+    /// Idle keep-alive connections, a list per worker thread.
+    pub pools: Pools,
 }
 
 impl Endpoint {
-    pub fn new(spec: EndpointSpec) -> Endpoint {
+    pub fn new(spec: EndpointSpec, workers: usize) -> Endpoint {
         Endpoint {
+            pools: Pools::new(workers),
             label: spec.authority.as_str().into(),
             spec,
             in_flight: AtomicUsize::new(0),
@@ -227,11 +231,14 @@ pub struct EndpointRegistry {
     known: Mutex<HashMap<(String, EndpointSpec), Arc<Endpoint>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     ejections: IntCounterVec,
+    /// Worker threads, each with its own pool per endpoint.
+    workers: usize,
 }
 
 impl EndpointRegistry {
-    pub fn new(ejections: IntCounterVec) -> EndpointRegistry {
+    pub fn new(ejections: IntCounterVec, workers: usize) -> EndpointRegistry {
         EndpointRegistry {
+            workers,
             known: Mutex::default(),
             budgets: Mutex::default(),
             ejections,
@@ -254,7 +261,7 @@ impl EndpointRegistry {
                     .map(|spec| {
                         let key = (b.name.clone(), spec.clone());
                         let ep = known.remove(&key).unwrap_or_else(|| {
-                            let ep = Endpoint::new(spec.clone());
+                            let ep = Endpoint::new(spec.clone(), self.workers);
                             ep.set_healthy(!b.health.as_ref().is_some_and(|h| h.start_unhealthy));
                             Arc::new(ep)
                         });
@@ -314,6 +321,7 @@ mod tests {
     fn registry() -> EndpointRegistry {
         EndpointRegistry::new(
             IntCounterVec::new(prometheus::Opts::new("e", "e"), &["backend", "endpoint"]).unwrap(),
+            1,
         )
     }
 

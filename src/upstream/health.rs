@@ -5,21 +5,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
+use super::connect::{TlsConfigs, connect};
 use super::{Backend, Endpoint};
 use crate::config::{EndpointSpec, HealthSpec};
-
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+use crate::proxy::body::RequestBody;
 
 struct Checker {
     spec: HealthSpec,
@@ -28,23 +22,17 @@ struct Checker {
 
 pub struct HealthCheckers {
     runtime: Handle,
-    client: CheckClient,
+    /// The same TLS client configs as the proxy's upstream connections.
+    tls: Arc<TlsConfigs>,
     running: Mutex<HashMap<(Arc<str>, EndpointSpec), Checker>>,
 }
 
 impl HealthCheckers {
-    /// Checkers run on `runtime`.
-    pub fn new(runtime: Handle) -> HealthCheckers {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+    /// Checkers run on `runtime`; each check opens a connection of its own.
+    pub fn new(runtime: Handle, tls: Arc<TlsConfigs>) -> HealthCheckers {
         HealthCheckers {
             runtime,
-            client,
+            tls,
             running: Mutex::default(),
         }
     }
@@ -66,7 +54,7 @@ impl HealthCheckers {
                             old.task.abort();
                         }
                         let task = self.runtime.spawn(check_loop(
-                            self.client.clone(),
+                            self.tls.clone(),
                             b.name.clone(),
                             ep.clone(),
                             spec.clone(),
@@ -104,9 +92,8 @@ impl HealthCheckers {
     }
 }
 
-async fn check_loop(client: CheckClient, backend: Arc<str>, ep: Arc<Endpoint>, spec: HealthSpec) {
-    let uri: Uri = match format!("{}://{}{}", ep.spec.scheme, ep.spec.authority, spec.path).parse()
-    {
+async fn check_loop(tls: Arc<TlsConfigs>, backend: Arc<str>, ep: Arc<Endpoint>, spec: HealthSpec) {
+    let uri: Uri = match spec.path.parse() {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(backend = %backend, endpoint = %ep.label, error = %e, "bad health check URL");
@@ -117,7 +104,7 @@ async fn check_loop(client: CheckClient, backend: Arc<str>, ep: Arc<Endpoint>, s
     tokio::time::sleep(spec.interval.mul_f64(fastrand::f64())).await;
     let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
     loop {
-        let verdict = check_once(&client, &uri, &ep, &spec).await;
+        let verdict = check_once(&tls, &uri, &ep, &spec).await;
         let detail = match &verdict {
             Ok(status) => format!("GET {} -> {}", spec.path, status.as_u16()),
             Err(why) => format!("GET {} -> {why}", spec.path),
@@ -144,20 +131,32 @@ async fn check_loop(client: CheckClient, backend: Arc<str>, ep: Arc<Endpoint>, s
 }
 
 async fn check_once(
-    client: &CheckClient,
+    tls: &TlsConfigs,
     uri: &Uri,
     ep: &Endpoint,
     spec: &HealthSpec,
 ) -> Result<StatusCode, String> {
-    let req = Request::get(uri.clone())
-        .header(header::HOST, ep.spec.authority.as_str())
-        .header(header::USER_AGENT, "cutover-health-check")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(spec.timeout, client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp.status()),
-        Ok(Err(e)) if e.is_connect() => Err("connect failed".into()),
-        Ok(Err(e)) => Err(e.to_string()),
+    let mut req = Request::new(RequestBody::Empty);
+    *req.uri_mut() = uri.clone();
+    let h = req.headers_mut();
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(ep.spec.authority.as_str()).map_err(|e| e.to_string())?,
+    );
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("cutover-health-check"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let check = async {
+        let mut sender = connect(&ep.spec, tls, spec.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        Ok(resp.status())
+    };
+    match tokio::time::timeout(spec.timeout, check).await {
+        Ok(verdict) => verdict,
         Err(_) => Err(format!("timed out after {:?}", spec.timeout)),
     }
 }

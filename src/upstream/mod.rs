@@ -1,10 +1,10 @@
-//! Upstreams: endpoint state shared across reloads (`endpoint`), and the
-//! per-worker HTTP client with its connection pool (`client`).
+//! Upstreams: endpoint state shared across reloads (`endpoint`), opening
+//! connections (`connect`) and keeping them per worker (`pool`).
 
 pub mod budget;
-pub mod client;
-pub mod connector;
+pub mod connect;
 pub mod endpoint;
 pub mod health;
+pub mod pool;
 
 pub use endpoint::{Backend, Endpoint, EndpointRegistry};

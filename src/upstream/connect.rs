@@ -1,0 +1,119 @@
+//! Opening a connection to an endpoint: resolve (IP literals skip the
+//! resolver), TCP connect, TLS for `https://` (the backend's client config,
+//! SNI = the endpoint's host), all within the connect timeout; then an
+//! HTTP/1.1 handshake whose connection task runs on the calling runtime.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, Scheme};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+use crate::config::EndpointSpec;
+use crate::proxy::body::RequestBody;
+
+/// The TLS client config of every `https://` endpoint, by authority; swapped
+/// on reload, used by new connections only.
+pub type TlsConfigs = ArcSwap<HashMap<Authority, Arc<ClientConfig>>>;
+
+/// The sending half of an upstream HTTP/1.1 connection.
+pub type Sender = http1::SendRequest<RequestBody>;
+
+type Io = TokioIo<Either<TcpStream, TlsStream<TcpStream>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve: {0}")]
+    Resolve(io::Error),
+    #[error("connect failed: {0}")]
+    Tcp(io::Error),
+    #[error("connect timed out")]
+    Timeout,
+    #[error("no TLS config for this endpoint")]
+    NoTlsConfig,
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("HTTP/1.1 handshake failed: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// Connects to `spec` and returns a sender ready for its first request.
+pub async fn connect(
+    spec: &EndpointSpec,
+    tls: &TlsConfigs,
+    timeout: Duration,
+) -> Result<Sender, ConnectError> {
+    let io = tokio::time::timeout(timeout, transport(spec, tls))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    let (sender, conn) = http1::Builder::new()
+        .handshake::<Io, RequestBody>(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn transport(
+    spec: &EndpointSpec,
+    tls: &TlsConfigs,
+) -> Result<Either<TcpStream, TlsStream<TcpStream>>, ConnectError> {
+    let tcp = tcp(&spec.authority, spec.scheme == Scheme::HTTPS).await?;
+    if spec.scheme != Scheme::HTTPS {
+        return Ok(Either::Left(tcp));
+    }
+    let config = tls
+        .load()
+        .get(&spec.authority)
+        .cloned()
+        .ok_or(ConnectError::NoTlsConfig)?;
+    let host = spec.authority.host().trim_matches(['[', ']']).to_owned();
+    let name = ServerName::try_from(host)
+        .map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(ConnectError::Tls)?;
+    Ok(Either::Right(stream))
+}
+
+/// Tries each address of the authority in turn; the first that accepts wins.
+async fn tcp(authority: &Authority, https: bool) -> Result<TcpStream, ConnectError> {
+    let host = authority.host().trim_matches(['[', ']']);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(ConnectError::Resolve)?
+            .collect(),
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(60));
+                let _ = SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(ConnectError::Tcp(last))
+}
