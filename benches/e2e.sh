@@ -658,7 +658,8 @@ scenario_idle() {
     ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   fi
   (($(ulimit -n) >= want)) || log "warning: ulimit -n is $(ulimit -n), below $want"
-  start_cutover cutover
+  # Timeouts longer than the scenario, so every connection stays open.
+  start_cutover cutover $'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }\n[timeouts]\nidle = "600s"\nheader_read = "600s"'
   curl -fsS -o /dev/null "http://127.0.0.1:$CUTOVER_PORT/"
   sleep 1
   local before during after peak ready="$TMP/idle.ready" client open

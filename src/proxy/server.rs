@@ -216,41 +216,34 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let (worker, builder, shutdown) = (worker.clone(), builder.clone(), shutdown.clone());
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                None => {
-                    serve(
-                        worker,
-                        builder,
-                        stream,
-                        Arc::new(ConnInfo::new(peer, false)),
-                        shutdown,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
+        // Plain and TLS connections are separate task types: a plain
+        // connection's task is not sized for a TLS session it never has.
+        match &tls {
+            None => {
+                let conn = Arc::new(ConnInfo::new(peer, false));
+                tracker.spawn(async move {
+                    serve(worker, builder, stream, conn, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(async move {
                     let limit = worker.shared.tls_handshake_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            serve(
-                                worker,
-                                builder,
-                                tls,
-                                Arc::new(ConnInfo::new(peer, true)),
-                                shutdown,
-                            )
-                            .await;
+                            let conn = Arc::new(ConnInfo::new(peer, true));
+                            serve(worker, builder, tls, conn, shutdown).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
                         }
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                     }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
 }
 

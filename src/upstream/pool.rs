@@ -166,7 +166,10 @@ impl Client {
                 },
             }
         }
-        let mut sender = match connect(&endpoint.spec, &self.tls, self.connect_timeout).await {
+        // Boxed: connecting (resolver, TLS handshake) is rare and its future
+        // large; unboxed it would grow every request's future.
+        let connecting = Box::pin(connect(&endpoint.spec, &self.tls, self.connect_timeout));
+        let mut sender = match connecting.await {
             Ok(s) => s,
             Err(e) => {
                 return Err(SendError {
