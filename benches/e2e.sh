@@ -81,11 +81,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CUTOVER_BIN=${CUTOVER_BIN:-}
 TMP=$(mktemp -d /tmp/cutover-e2e.XXXXXX)
 chmod 755 "$TMP"             # nginx workers (www-data) read the backend's files
-RESULTS="$TMP/results.tsv"   # target proto round rps p50 p99 errors MiB/s rss_kb
+RESULTS="$TMP/results.tsv"   # target proto round rps p50 p99 errors MiB/s rss_kb cpu_us
 NA_FILE="$TMP/na.tsv"        # target proto: rows that could not be measured
 BG_PIDS=()                   # every background process this script started
 LAST_PID=""                  # set by start_bg
 PEAK_NOTE="VmHWM reset before each run"
+CLK_TCK=$(getconf CLK_TCK)
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -352,6 +353,25 @@ peak_rss_kb() {
   echo "$total"
 }
 
+# cpu_ticks PID...: user + system CPU time (clock ticks) summed over PIDs.
+cpu_ticks() {
+  local pid total=0 t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+
+# seconds DURATION: wrk's duration ("10s", "2m") in seconds.
+seconds() {
+  case $1 in
+    *m) echo $((${1%m} * 60)) ;;
+    *s) echo "${1%s}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 # rss_kb PID: current VmRSS (kB).
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -410,11 +430,14 @@ parse_h2load() {
 bench() {
   local name=$1 proto=$2 round=$3 url=$4 pids=$5
   shift 5
-  local out="$TMP/raw/${name//[^A-Za-z0-9=._-]/_}.$proto.$round.txt" stats rss=-
+  local out="$TMP/raw/${name//[^A-Za-z0-9=._-]/_}.$proto.$round.txt" stats rss=- cpu=- cpu0=0
   local -a pid_list=()
   mkdir -p "$TMP/raw"
   [[ $pids == - ]] || read -r -a pid_list <<<"$pids"
-  ((${#pid_list[@]})) && reset_peak "${pid_list[@]}"
+  if ((${#pid_list[@]})); then
+    reset_peak "${pid_list[@]}"
+    cpu0=$(cpu_ticks "${pid_list[@]}")
+  fi
   if [[ $proto == h1 ]]; then
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$@" "$url" >"$out" 2>&1 || true
     stats=$(parse_wrk "$out")
@@ -425,9 +448,14 @@ bench() {
   if ((${#pid_list[@]})); then
     kill -0 "${pid_list[0]}" 2>/dev/null || die "$name (pid ${pid_list[0]}) died during the run"
     rss=$(peak_rss_kb "${pid_list[@]}")
+    # CPU microseconds per request: the proxy's own cost, whatever the
+    # load generator and the backend took from the same cores.
+    cpu=$(awk -v t="$(($(cpu_ticks "${pid_list[@]}") - cpu0))" -v hz="$CLK_TCK" \
+      -v rps="${stats%% *}" -v secs="$(seconds "$DURATION")" \
+      'BEGIN { n = rps * secs; if (n > 0) printf "%.2f", t / hz * 1e6 / n; else print "-" }')
   fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$proto" "$round" "${stats// /$'\t'}" "$rss" >>"$RESULTS"
-  log "round $round $name $proto: $stats rss_kb=$rss"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$proto" "$round" "${stats// /$'\t'}" "$rss" "$cpu" >>"$RESULTS"
+  log "round $round $name $proto: $stats rss_kb=$rss cpu_us_per_req=$cpu"
 }
 
 # ---------------------------------------------------------------- report
@@ -446,8 +474,8 @@ from statistics import median
 path, na_path, title, peak_note, scenario, *ratios = sys.argv[1:]
 rows = OrderedDict()
 for line in open(path):
-    name, proto, _round, rps, p50, p99, err, mib, rss = line.rstrip("\n").split("\t")
-    r = rows.setdefault((name, proto), {"rps": [], "p50": [], "p99": [], "err": 0, "mib": [], "rss": []})
+    name, proto, _round, rps, p50, p99, err, mib, rss, cpu = line.rstrip("\n").split("\t")
+    r = rows.setdefault((name, proto), {"rps": [], "p50": [], "p99": [], "err": 0, "mib": [], "rss": [], "cpu": []})
     r["rps"].append(float(rps))
     r["p50"].append(float(p50))
     if p99 != "-":
@@ -456,13 +484,15 @@ for line in open(path):
     r["mib"].append(float(mib))
     if rss != "-":
         r["rss"].append(int(rss))
+    if cpu != "-":
+        r["cpu"].append(float(cpu))
 # Show h1 rows first, then h2c rows, each in the order the targets ran.
 keys = sorted(rows, key=lambda k: (k[1] != "h1", list(rows).index(k)))
-med = {k: {f: (median(v[f]) if v[f] else None) for f in ("rps", "p50", "p99", "mib", "rss")} for k, v in rows.items()}
+med = {k: {f: (median(v[f]) if v[f] else None) for f in ("rps", "p50", "p99", "mib", "rss", "cpu")} for k, v in rows.items()}
 
 show_mib = scenario == "large"
 W = max([len("ratio (A / B)")] + [len(k[0]) for k in rows] + [len(r.replace("|", " / ")) for r in ratios])
-head = f"{'target':<{W}} {'proto':<5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak RSS':>9}"
+head = f"{'target':<{W}} {'proto':<5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak RSS':>9} {'CPU us/req':>10}"
 if show_mib:
     head += f" {'MiB/s':>8}"
 print()
@@ -474,7 +504,8 @@ for k in keys:
     p50 = f"{m['p50']:.3f}" if k[1] == "h1" else f"~{m['p50']:.3f}"
     p99 = f"{m['p99']:.3f}" if m["p99"] is not None else "n/a"
     rss = f"{m['rss'] / 1024:.1f}M" if m["rss"] is not None else "-"
-    line = f"{k[0]:<{W}} {k[1]:<5} {m['rps']:>10.0f} {p50:>8} {p99:>8} {r['err']:>7} {rss:>9}"
+    cpu = f"{m['cpu']:.2f}" if m["cpu"] is not None else "-"
+    line = f"{k[0]:<{W}} {k[1]:<5} {m['rps']:>10.0f} {p50:>8} {p99:>8} {r['err']:>7} {rss:>9} {cpu:>10}"
     if show_mib:
         line += f" {m['mib']:>8.1f}"
     print(line)
@@ -484,7 +515,7 @@ for line in open(na_path):
 
 if ratios:
     print()
-    print(f"{'ratio (A / B)':<{W}} {'proto':<5} {'req/s':>10} {'p99':>8}" + (f" {'MiB/s':>8}" if show_mib else ""))
+    print(f"{'ratio (A / B)':<{W}} {'proto':<5} {'req/s':>10} {'p99':>8} {'CPU/req':>8}" + (f" {'MiB/s':>8}" if show_mib else ""))
     for ratio in ratios:
         a, b = ratio.split("|")
         for proto in ("h1", "h2c"):
@@ -493,12 +524,14 @@ if ratios:
             ma, mb = med[(a, proto)], med[(b, proto)]
             rps = f"{ma['rps'] / mb['rps']:.3f}" if mb["rps"] else "n/a"
             p99 = f"{ma['p99'] / mb['p99']:.3f}" if ma["p99"] and mb["p99"] else "n/a"
-            line = f"{a + ' / ' + b:<{W}} {proto:<5} {rps:>10} {p99:>8}"
+            cpu = f"{ma['cpu'] / mb['cpu']:.3f}" if ma["cpu"] and mb["cpu"] else "n/a"
+            line = f"{a + ' / ' + b:<{W}} {proto:<5} {rps:>10} {p99:>8} {cpu:>8}"
             if show_mib:
                 line += f" {ma['mib'] / mb['mib']:>8.3f}" if mb["mib"] else f" {'n/a':>8}"
             print(line)
 print()
-print(f"medians over rounds; errors summed over rounds; peak RSS = sum of VmHWM over the target's processes ({peak_note}).")
+print(f"medians over rounds; errors summed over rounds; peak RSS = sum of VmHWM over the target's processes ({peak_note});")
+print("CPU us/req = user + system CPU of the target's processes during the run / requests answered.")
 if any(k[1] == "h2c" for k in rows):
     print("h2c rows: h2load gives no percentiles, p50 column shows its mean (~); p99 ratios are h1 only.")
 PY
