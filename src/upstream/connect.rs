@@ -30,6 +30,10 @@ pub type TlsConfigs = ArcSwap<HashMap<Authority, Arc<ClientConfig>>>;
 /// The sending half of an upstream HTTP/1.1 connection.
 pub type Sender = http1::SendRequest<RequestBody>;
 
+/// The most an upstream connection buffers while reading (hyper's default
+/// is 408 KiB): a response head must fit, bodies stream through it.
+const READ_BUF_MAX: usize = 64 * 1024;
+
 type Io = TokioIo<Either<TcpStream, TlsStream<TcpStream>>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,7 @@ pub async fn connect(
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(READ_BUF_MAX)
         .handshake::<Io, RequestBody>(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
