@@ -111,6 +111,9 @@ pub struct Backend {
     /// Shared by every table that has this backend, so reloads keep it.
     pub budget: Arc<RetryBudget>,
     ejections: IntCounterVec,
+    /// Held while deciding an ejection (a rare path), so two workers cannot
+    /// both take the last ejection `max_ejected_percent` allows.
+    ejecting: Mutex<()>,
 }
 
 thread_local! {
@@ -183,6 +186,10 @@ impl Backend {
         }
         let streak = ep.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if streak < o.consecutive_failures || ep.is_ejected() {
+            return;
+        }
+        let _deciding = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+        if ep.is_ejected() {
             return;
         }
         let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
@@ -280,6 +287,7 @@ impl EndpointRegistry {
                         .or_insert_with(|| Arc::new(RetryBudget::new(0.2, 1)))
                         .clone(),
                     ejections: self.ejections.clone(),
+                    ejecting: Mutex::new(()),
                 })
             })
             .collect();
