@@ -1355,3 +1355,42 @@ async fn a_stalled_handshake_is_closed_after_handshake_timeout() {
         .expect("an idle established connection outlives handshake_timeout");
     assert_eq!(r.body, "blue");
 }
+
+#[tokio::test]
+async fn health_checks_reach_https_endpoints_through_the_backends_ca() {
+    // The endpoint starts unhealthy: only a passing check over TLS (with the
+    // backend's CA) lets traffic through.
+    let ca = TestCa::new("health ca");
+    let addr = tls_backend("checked", &ca.leaf(&["localhost"])).await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+        https_backend(
+            "checked",
+            addr.port(),
+            "ca = \"ca.pem\"\nhealth = { path = \"/healthz\", interval = \"100ms\", healthy_threshold = 1, start_unhealthy = true }"
+        ),
+        route("checked", "/", "checked"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, &text).unwrap();
+    let p = Proxy::start_at(dir, path, &[]).await;
+    let c = common::client();
+    let served = common::eventually(Duration::from_secs(5), || async {
+        c.get(p.url("/x"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let state = p.state().await;
+    assert!(
+        served,
+        "the HTTPS endpoint never passed its health check: {state}"
+    );
+    assert!(
+        state.to_string().contains("GET /healthz -> 200"),
+        "the check's verdict is shown in /admin/state: {state}"
+    );
+}
