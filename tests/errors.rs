@@ -548,3 +548,37 @@ async fn a_slow_request_head_is_cut_off() {
     );
     assert!(b.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_waits_for_its_next_request_past_header_read() {
+    // header_read bounds a request head once it has begun, not the pause
+    // between requests: that is `idle`.
+    let (_b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nheader_read = \"300ms\"\nidle = \"1500ms\"\n",
+    )
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(c.read_response().await.unwrap().status, 200);
+    // Three header_reads of silence: still open.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    c.send(b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let second = c.read_response().await.unwrap();
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(second.text(), "blue");
+    // Past idle (1.5 s, checked every 75 ms): closed.
+    let started = Instant::now();
+    let (closed, _) = c.closed_within(Duration::from_secs(5)).await;
+    assert!(closed, "an idle keep-alive connection was never closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "closed before idle: {:?}",
+        started.elapsed()
+    );
+}

@@ -228,3 +228,29 @@ async fn h2_content_length_mismatch_never_desyncs_the_upstream() {
     .await;
     assert!(!smuggled, "the backend saw {:?}", b.seen());
 }
+
+#[tokio::test]
+async fn header_read_does_not_cut_an_idle_h2_connection() {
+    // HTTP/2 has no request head to time: frames read outside a stream
+    // (the preface, SETTINGS, WINDOW_UPDATEs) must not look like a slow head.
+    let (_b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nheader_read = \"300ms\"\nidle = \"10s\"\n",
+    )
+    .await;
+    let mut send = h2_connection::<Empty<Bytes>>(p.http).await;
+    for i in 0..2 {
+        // Three header_reads after the preface, then between the streams.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let req = hyper::Request::get(p.url("/")).body(Empty::new()).unwrap();
+        send.ready().await.expect("the h2 connection is still open");
+        let resp = send
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on the h2 connection failed: {e}"));
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"blue");
+    }
+}

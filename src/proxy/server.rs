@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
-use super::io::{Activity, ActivityIo};
+use super::io::{Activity, ActivityIo, Expired, Tracked};
 use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
@@ -192,7 +192,7 @@ async fn accept_loop(
         }
     };
     let shared = worker.shared.clone();
-    let builder = http_builder(&shared.timeouts, &shared.limits);
+    let builder = http_builder(&shared.limits);
     loop {
         // Take a connection slot first: past max_connections, new
         // connections wait in the kernel's accept queue.
@@ -248,11 +248,12 @@ async fn accept_loop(
 }
 
 /// hyper's server settings, every limit explicit.
-fn http_builder(t: &Timeouts, l: &Limits) -> auto::Builder<TokioExecutor> {
+fn http_builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(t.header_read)
+        // `timeouts.header_read` is enforced by `io::Activity::watch`.
+        .header_read_timeout(None)
         .max_buf_size(l.max_header_bytes)
         .max_headers(l.max_headers)
         .keep_alive(true)
@@ -279,24 +280,27 @@ pub async fn serve<I>(
 {
     let metrics = worker.shared.metrics.clone();
     metrics.connections_open.inc();
-    let idle_after = worker.shared.timeouts.idle;
+    let (idle_after, header_read) = (
+        worker.shared.timeouts.idle,
+        worker.shared.timeouts.header_read,
+    );
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityIo::new(io, activity.clone()));
     let handler_activity = activity.clone();
+    let conn_peer = conn.peer;
     let service = service_fn(move |req| {
         let worker = worker.clone();
         let conn = conn.clone();
         let busy = handler_activity.busy();
         async move {
             let resp = handler::handle(&worker, &conn, req).await;
-            drop(busy);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
         }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let idle = activity.idle(idle_after);
-    tokio::pin!(idle);
+    let watch = activity.watch(idle_after, header_read);
+    tokio::pin!(watch);
     let mut closing = *shutdown.borrow();
     if closing {
         connection.as_mut().graceful_shutdown();
@@ -313,10 +317,16 @@ pub async fn serve<I>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = &mut idle, if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
+            expired = &mut watch, if !closing => match expired {
+                Expired::Idle => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                Expired::Head => {
+                    tracing::debug!(peer = %conn_peer, timeout = ?header_read, "request head too slow; closing");
+                    break;
+                }
+            },
         }
     }
     metrics.connections_open.dec();
