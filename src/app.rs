@@ -38,6 +38,8 @@ pub struct App {
     reloading: Mutex<()>,
     /// The HTTPS listener's certificates, when it runs.
     resolver: Option<Arc<Resolver>>,
+    /// Certificate and key files of the last config that loaded, to watch.
+    cert_files: Mutex<Vec<PathBuf>>,
 }
 
 impl App {
@@ -65,7 +67,8 @@ impl App {
             Err(e) => return self.fail(why, e.to_string()),
         };
         // Certificates are reloaded when their files change, even if the
-        // config did not.
+        // config did not; the watcher follows them to new paths.
+        *self.cert_files.lock().unwrap_or_else(|p| p.into_inner()) = cert_files(&loaded.config);
         let certs_ok = self.reload_certs(&loaded.config);
         if loaded.fingerprint == self.shared.table.load().source.fingerprint {
             if certs_ok {
@@ -131,10 +134,13 @@ impl App {
     /// the target's directory; the target is resolved anew at each call.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.config_path.clone()];
-        for c in self.started_with.tls.iter().flat_map(|t| t.certs.iter()) {
-            files.push(c.cert.clone());
-            files.push(c.key.clone());
-        }
+        files.extend(
+            self.cert_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         let mut out = Vec::new();
         for f in files {
             out.extend(std::path::absolute(&f).ok());
@@ -238,6 +244,14 @@ fn describe_weights(table: &RoutingTable) -> String {
         .join("; ")
 }
 
+/// The certificate and key files a config names.
+fn cert_files(config: &Config) -> Vec<PathBuf> {
+    let certs = config.tls.iter().flat_map(|t| t.certs.iter());
+    certs
+        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .collect()
+}
+
 /// Serves `path` until SIGTERM or SIGINT, then drains and returns.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let loaded: Loaded = config::load(path)?;
@@ -284,6 +298,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         config_path: path.to_path_buf(),
         registry,
         health,
+        cert_files: Mutex::new(cert_files(&config)),
         started_with: config.clone(),
         generation: AtomicU64::new(1),
         last_error: Mutex::new(None),

@@ -888,6 +888,51 @@ async fn renamed_cert_files_reach_new_handshakes_and_old_connections_live_on() {
 }
 
 #[tokio::test]
+async fn certificates_moved_to_another_directory_by_a_reload_are_watched_there() {
+    let ca = TestCa::new("test ca");
+    let (b, p, old) = one_backend(&ca, "").await;
+    let https = p.https.unwrap();
+    let moved = p.dir.path().join("certs2");
+    std::fs::create_dir(&moved).unwrap();
+    let second = ca.leaf(&["a.test"]);
+    write_pair(&moved, "a", &second);
+    let text = tls_config(
+        &[("blue", &[&b])],
+        "[[routes]]\nname = \"app\"\nweights = { blue = 100 }\n",
+        &["a"],
+        "",
+    )
+    .replace("\"a.pem\"", "\"certs2/a.pem\"")
+    .replace("\"a.key\"", "\"certs2/a.key\"");
+    assert!(text.contains("certs2/a.key"), "{text}");
+    p.write_config(&text);
+    let serves = |der: CertificateDer<'static>| {
+        common::eventually(SWAP_BOUND, move || {
+            let der = der.clone();
+            async move { served_cert(https, "a.test").await.is_ok_and(|c| c == der) }
+        })
+    };
+    assert!(
+        serves(second.der.clone()).await,
+        "the reload did not load the certificates from their new directory: {}",
+        p.state().await
+    );
+    assert_ne!(second.der, old.der);
+
+    // A rotation in the new directory is picked up without another reload
+    // of the config: the watcher follows the files.
+    let third = ca.leaf_with(&["a.test"], KeyPair::generate().unwrap(), |_| {});
+    replace_file(&moved.join("a.key"), &third.key_pem);
+    replace_file(&moved.join("a.pem"), &third.cert_pem);
+    assert!(
+        serves(third.der.clone()).await,
+        "a certificate renamed over in the new directory was never served: {}, logs {:?}",
+        p.state().await,
+        p.logs()
+    );
+}
+
+#[tokio::test]
 async fn mismatched_key_is_rejected_and_the_old_cert_keeps_serving() {
     let ca = TestCa::new("test ca");
     let (_b, p, old) = one_backend(&ca, "").await;
