@@ -44,12 +44,15 @@ async fn served(c: &reqwest::Client, p: &Proxy) -> Result<String, String> {
     Ok(body)
 }
 
-/// Polls until 5 requests in a row are answered by `want`, then checks 30
-/// more; returns the time since `since`.
+/// Polls until 20 requests in a row are answered by `want`, then checks 30
+/// more; returns the time since `since`. 20, not fewer: before a reload from
+/// 50/50 takes effect, a run of n answers from `want` has probability 2^-n
+/// per poll, and a poll every millisecond or so for ~100 ms made 5 in a row
+/// (1/32) happen by chance.
 async fn time_to_effect(p: &Proxy, want: &str, since: Instant) -> Duration {
     let c = common::client();
     let ok = common::eventually(EFFECT_BOUND, || async {
-        for _ in 0..5 {
+        for _ in 0..20 {
             if served(&c, p).await.as_deref() != Ok(want) {
                 return false;
             }
