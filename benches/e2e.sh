@@ -343,25 +343,23 @@ reset_peak() {
   done
 }
 
-# peak_rss_kb PID...: sum of VmHWM (kB) over the processes.
-peak_rss_kb() {
-  local pid total=0 kb
+# sum_proc FILE AWK PID...: AWK's number from /proc/PID/FILE, summed over PIDs
+# (0 for a process that is gone).
+sum_proc() {
+  local file=$1 prog=$2 pid total=0 n
+  shift 2
   for pid in "$@"; do
-    kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    total=$((total + ${kb:-0}))
+    n=$(awk "$prog" "/proc/$pid/$file" 2>/dev/null || echo 0)
+    total=$((total + ${n:-0}))
   done
   echo "$total"
 }
 
+# peak_rss_kb PID...: sum of VmHWM (kB) over the processes.
+peak_rss_kb() { sum_proc status '/^VmHWM:/ {print $2}' "$@"; }
+
 # cpu_ticks PID...: user + system CPU time (clock ticks) summed over PIDs.
-cpu_ticks() {
-  local pid total=0 t
-  for pid in "$@"; do
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + ${t:-0}))
-  done
-  echo "$total"
-}
+cpu_ticks() { sum_proc stat '{print $14 + $15}' "$@"; }
 
 # seconds DURATION: wrk's duration ("10s", "2m") in seconds.
 seconds() {

@@ -71,11 +71,6 @@ impl Pools {
         idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
     }
 
-    /// Idle connections over all workers.
-    pub fn idle(&self) -> usize {
-        (0..self.0.len()).map(|w| self.slot(w).len()).sum()
-    }
-
     fn slot(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.0[worker % self.0.len()]
             .0
