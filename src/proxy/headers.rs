@@ -1,7 +1,7 @@
 //! Header rules of a proxy (RFC 9110 §7.6): hop-by-hop fields are removed in
 //! both directions, the forwarding headers are set, `Host` is kept.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -15,41 +15,90 @@ static UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1), and Cutover's own tester
+/// override token, which stays out of the app. `Connection` and `TE` have
+/// rules of their own.
+static HOP_BY_HOP: [&HeaderName; 6] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &HTTP2_SETTINGS,
+    &crate::routing::overrides::TOKEN_HEADER,
+];
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field
 /// it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
 /// `Upgrade`, `HTTP2-Settings`, and `TE` unless it is exactly `trailers`.
+///
+/// Runs twice per request, so it first walks the names once, comparing
+/// without hashing, and looks up only what is there: most messages carry no
+/// hop-by-hop field but `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        // Allocates only when a client names fields in Connection.
-        let named: Vec<HeaderName> = headers
+    let (mut connection, mut te, mut listed) = (false, false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if HOP_BY_HOP.iter().any(|h| *h == name) {
+            listed = true;
+        }
+    }
+    if connection {
+        strip_connection(headers);
+    }
+    if listed {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+    }
+    if te && !te_only_trailers(headers) {
+        headers.remove(header::TE);
+    }
+}
+
+/// Removes `Connection` and the fields it names (never `Host`).
+fn strip_connection(headers: &mut HeaderMap) {
+    // `remove` hands back only the first value; there is nearly always one.
+    if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
+        if let Some(value) = headers.remove(header::CONNECTION) {
+            remove_named(headers, &value);
+        }
+    } else {
+        let values: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .cloned()
             .collect();
-        for name in named {
-            if name != header::HOST {
-                headers.remove(name);
-            }
-        }
         headers.remove(header::CONNECTION);
+        for value in &values {
+            remove_named(headers, value);
+        }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(&HTTP2_SETTINGS);
-    // The tester override token is Cutover's own and stays out of the app.
-    headers.remove(&crate::routing::overrides::TOKEN_HEADER);
-    let te_only_trailers = headers.get_all(header::TE).iter().all(|v| {
+}
+
+/// Removes the fields a `Connection` value lists ("close, x-secret").
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    for token in connection.as_bytes().split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"host") {
+            continue;
+        }
+        // A `&str` is looked up without allocating; one that is not a valid
+        // field name matches nothing.
+        if let Ok(name) = std::str::from_utf8(token) {
+            headers.remove(name);
+        }
+    }
+}
+
+fn te_only_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().all(|v| {
         v.as_bytes()
             .split(|b| *b == b',')
             .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    });
-    if !te_only_trailers {
-        headers.remove(header::TE);
-    }
+    })
 }
 
 /// The protocol a request asks to switch to, unless it is `h2c`, which is
@@ -75,19 +124,20 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// Sets `X-Forwarded-For` (appending `client` to what is there),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        None => client.clone(),
-        Some(_) => {
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
+        Entry::Occupied(mut e) => {
             let mut joined = Vec::with_capacity(64);
-            for v in headers.get_all(&X_FORWARDED_FOR) {
+            for v in e.iter() {
                 joined.extend_from_slice(v.as_bytes());
                 joined.extend_from_slice(b", ");
             }
             joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
+            e.insert(HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone()));
         }
-    };
-    headers.insert(&X_FORWARDED_FOR, xff);
+    }
     headers.insert(
         &X_FORWARDED_PROTO,
         if tls { HTTPS.clone() } else { HTTP.clone() },
@@ -153,6 +203,23 @@ mod tests {
         let mut h = map(&[("te", "trailers")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn strips_what_every_connection_field_names_but_host() {
+        let mut h = map(&[
+            ("connection", "X-One"),
+            ("connection", " x-two ,host"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("host", "shop"),
+            ("x-cutover-token", "secret"),
+            ("te", "trailers, gzip"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["host"], "shop");
     }
 
     #[test]
