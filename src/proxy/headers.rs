@@ -82,7 +82,12 @@ fn strip_connection(headers: &mut HeaderMap) {
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     for token in connection.as_bytes().split(|b| *b == b',') {
         let token = token.trim_ascii();
-        if token.eq_ignore_ascii_case(b"host") {
+        // "keep-alive" names a field removed anyway; "close" names none;
+        // `Host` is never removed.
+        if [&b"keep-alive"[..], b"close", b"host"]
+            .iter()
+            .any(|t| token.eq_ignore_ascii_case(t))
+        {
             continue;
         }
         // A `&str` is looked up without allocating; one that is not a valid
