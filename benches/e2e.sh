@@ -7,7 +7,8 @@
 #   SCENARIO=large ROUNDS=5 DURATION=20s benches/e2e.sh
 #
 # Environment:
-#   SCENARIO    basic (default) | sticky | routes | reload | idle | large
+#   SCENARIO    basic (default) | sticky | routes | reload | idle | large |
+#               instructions
 #   ROUNDS      rounds per target, targets alternate A B C D each round (3)
 #   DURATION    length of each wrk / h2load run (10s)
 #   CONNS       concurrent connections (64)
@@ -16,6 +17,7 @@
 #               the same number of requests in flight as wrk)
 #   IDLE_CONNS  idle keep-alive connections for SCENARIO=idle (10000)
 #   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 1000 10000")
+#   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
 #   CUTOVER_BIN use this cutover binary instead of building one
 #
@@ -51,6 +53,8 @@
 #           90/10 <-> 10/90) vs. no rewrites; drop and errors
 #   idle    cutover RSS before / with / after IDLE_CONNS idle keep-alive
 #           connections (raises ulimit -n), and per connection
+#   instructions  instructions per request of each proxy under callgrind
+#           (1 worker each; needs valgrind): deterministic, for before/after
 #
 # Output: ONE table, one row per target and protocol, with the median over
 # rounds of req/s, p50 and p99 latency (wrk; h2load reports no percentiles,
@@ -76,6 +80,7 @@ H2_STREAMS=${H2_STREAMS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 ROUTE_COUNTS=${ROUTE_COUNTS:-1 1000 10000}
 KEEP_TMP=${KEEP_TMP:-0}
+INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CUTOVER_BIN=${CUTOVER_BIN:-}
@@ -85,6 +90,9 @@ RESULTS="$TMP/results.tsv"   # target proto round rps p50 p99 errors MiB/s rss_k
 NA_FILE="$TMP/na.tsv"        # target proto: rows that could not be measured
 BG_PIDS=()                   # every background process this script started
 LAST_PID=""                  # set by start_bg
+PROXY_WORKERS=2              # workers / threads of each proxy (instructions: 1)
+NGINX_EXTRA=""               # more nginx main-context directives
+LAUNCH=()                    # a command the proxies run under (instructions: valgrind)
 PEAK_NOTE="VmHWM reset before each run"
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -222,7 +230,8 @@ start_nginx_proxy() {
   local dir="$TMP/nginx"
   mkdir -p "$dir/temp"
   cat >"$dir/nginx.conf" <<EOF
-worker_processes 2;
+worker_processes $PROXY_WORKERS;
+$NGINX_EXTRA
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -250,7 +259,7 @@ http {
   }
 }
 EOF
-  start_bg "$dir/stderr.log" nginx -e "$dir/error.log" -p "$dir/" -c "$dir/nginx.conf"
+  start_bg "$dir/stderr.log" "${LAUNCH[@]}" nginx -e "$dir/error.log" -p "$dir/" -c "$dir/nginx.conf"
   NGINX_PID=$LAST_PID
   wait_http "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID" "$dir/error.log"
   log "nginx proxy pid $NGINX_PID on :$NGINX_PORT (h2c :$NGINX_H2_PORT)"
@@ -264,7 +273,7 @@ start_haproxy() {
   mkdir -p "$dir"
   cat >"$dir/haproxy.cfg" <<EOF
 global
-  nbthread 2
+  nbthread $PROXY_WORKERS
   maxconn 4096
 defaults
   mode http
@@ -283,7 +292,7 @@ backend be
 EOF
   haproxy -c -q -f "$dir/haproxy.cfg" || die "haproxy rejected $dir/haproxy.cfg"
   # -db: stay in the foreground, one process; -p: our own pid file.
-  start_bg "$dir/haproxy.log" haproxy -db -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
+  start_bg "$dir/haproxy.log" "${LAUNCH[@]}" haproxy -db -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
   HAPROXY_PID=$LAST_PID
   wait_http "http://127.0.0.1:$HAPROXY_PORT/" "$HAPROXY_PID" "$dir/haproxy.log"
   log "haproxy pid $HAPROXY_PID on :$HAPROXY_PORT (h2c :$HAPROXY_H2_PORT)"
@@ -295,6 +304,8 @@ write_cutover_config() {
   local file=$1 port=$2 admin=$3
   local routes=${4:-$'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }'}
   cat >"$file" <<EOF
+[server]
+workers = $PROXY_WORKERS
 [listen]
 http = "127.0.0.1:$port"
 [admin]
@@ -319,7 +330,7 @@ start_cutover() {
   write_cutover_config "$CUTOVER_CONFIG" "$CUTOVER_PORT" "$CUTOVER_ADMIN" "$routes"
   "$CUTOVER_BIN" check --config "$CUTOVER_CONFIG" >"$dir/check.log" 2>&1 ||
     { cat "$dir/check.log" >&2; die "cutover check rejected $CUTOVER_CONFIG"; }
-  start_bg "$dir/cutover.log" "$CUTOVER_BIN" run --config "$CUTOVER_CONFIG"
+  start_bg "$dir/cutover.log" "${LAUNCH[@]}" "$CUTOVER_BIN" run --config "$CUTOVER_CONFIG"
   CUTOVER_PID=$LAST_PID
   wait_http "http://127.0.0.1:$CUTOVER_PORT/" "$CUTOVER_PID" "$dir/cutover.log"
   log "$name pid $CUTOVER_PID on :$CUTOVER_PORT (admin :$CUTOVER_ADMIN)"
@@ -772,12 +783,52 @@ scenario_large() {
   scenario_basic /large.bin
 }
 
+# Instructions per request, counted by callgrind: each proxy with one worker
+# (nginx: master_process off) runs under valgrind while h2load sends
+# INSTR_REQUESTS requests over HTTP/1.1 on 16 connections. A first run of
+# INSTR_REQUESTS/10 requests is subtracted, which leaves out start-up and
+# shutdown. Unlike req/s this does not depend on what else the two cores
+# do: a change to the request path shows up here to the instruction.
+scenario_instructions() {
+  command -v valgrind >/dev/null ||
+    die "missing tool: valgrind (install with: apt-get install -y valgrind)"
+  PROXY_WORKERS=1
+  NGINX_EXTRA="master_process off;"
+  local small=$((INSTR_REQUESTS / 10)) target n out pid port
+  local -A total
+  for target in cutover nginx haproxy; do
+    for n in "$small" "$((small + INSTR_REQUESTS))"; do
+      out="$TMP/callgrind.$target.$n"
+      LAUNCH=(valgrind --tool=callgrind "--callgrind-out-file=$out")
+      case $target in
+        cutover) start_cutover cutover; pid=$CUTOVER_PID port=$CUTOVER_PORT ;;
+        nginx) start_nginx_proxy; pid=$NGINX_PID port=$NGINX_PORT ;;
+        haproxy) start_haproxy; pid=$HAPROXY_PID port=$HAPROXY_PORT ;;
+      esac
+      h2load --h1 -n "$n" -c 16 -t 1 "http://127.0.0.1:$port/" >"$out.h2load" 2>&1
+      grep -q "$n succeeded" "$out.h2load" || die "$target: not all of $n requests succeeded ($out.h2load)"
+      kill "$pid"
+      wait "$pid" 2>/dev/null || true
+      total[$target.$n]=$(awk '/^summary:/ {print $2}' "$out")
+      log "$target, $n requests: ${total[$target.$n]} instructions"
+    done
+  done
+  printf '\nscenario instructions: instructions per proxied request (callgrind, 1 worker, %d requests)\n' "$INSTR_REQUESTS"
+  printf '%-10s %12s %10s\n' target instr/req "/ nginx"
+  local per nginx_per
+  nginx_per=$(((total[nginx.$((small + INSTR_REQUESTS))] - total[nginx.$small]) / INSTR_REQUESTS))
+  for target in cutover nginx haproxy; do
+    per=$(((total[$target.$((small + INSTR_REQUESTS))] - total[$target.$small]) / INSTR_REQUESTS))
+    printf '%-10s %12d %10.3f\n' "$target" "$per" "$(echo "$per / $nginx_per" | bc -l)"
+  done
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   case $SCENARIO in
-    basic | sticky | routes | reload | idle | large) ;;
-    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large)" ;;
+    basic | sticky | routes | reload | idle | large | instructions) ;;
+    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions)" ;;
   esac
   check_tools
   build_cutover
