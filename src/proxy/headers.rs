@@ -41,7 +41,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             connection = true;
         } else if name == header::TE {
             te = true;
-        } else if HOP_BY_HOP.iter().any(|h| *h == name) {
+        } else if HOP_BY_HOP.contains(&name) {
             listed = true;
         }
     }
