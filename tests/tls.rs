@@ -422,7 +422,7 @@ async fn run_tool(
     tokio::task::spawn_blocking(move || match Command::new(program).args(&args).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{program}` is not installed: install the Debian package `{package}` (apt-get install {package})")
+            panic!("`{program}` is not installed: install the Debian package `{package}` (apt-get install -y {package}), or run ./test.sh, which installs it")
         }
         Err(e) => panic!("cannot run {program}: {e}"),
     })

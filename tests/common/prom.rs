@@ -119,7 +119,7 @@ pub fn promtool() -> PathBuf {
     find_tool("promtool").unwrap_or_else(|| {
         panic!(
             "promtool not found on PATH or in /usr/bin: install Debian's `prometheus` package \
-             (apt-get update && apt-get install -y prometheus); CI (.ci/run) installs it"
+             (apt-get update && apt-get install -y prometheus), or run ./test.sh, which installs it"
         )
     })
 }
@@ -174,7 +174,7 @@ impl PromServer {
         let bin = find_tool("prometheus").unwrap_or_else(|| {
             panic!(
                 "prometheus not found on PATH or in /usr/bin: install Debian's `prometheus` package \
-                 (apt-get update && apt-get install -y prometheus); CI (.ci/run) installs it"
+                 (apt-get update && apt-get install -y prometheus), or run ./test.sh, which installs it"
             )
         });
         let mut last_log = String::new();
