@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::{GaugeGuard, RequestBody};
-use super::error::{ProxyError, classify};
+use super::error::{ProxyError, classify, is_client_body};
 use super::handler::Worker;
 use crate::metrics::RetryReason;
 use crate::routing::Route;
@@ -153,6 +153,14 @@ pub async fn forward<'t>(
                 next
             }
             Ok(Err(SendError { error, unsent })) => {
+                if is_client_body(&error) {
+                    tracing::debug!(route = %route.name, error = %error_chain(&error),
+                        "client request body failed");
+                    return Err(Failed {
+                        err: ProxyError::ClientBody,
+                        backend,
+                    });
+                }
                 let kind = classify(&error);
                 this.backend.report_failure(endpoint);
                 this.metrics.upstream_error(kind);

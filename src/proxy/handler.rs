@@ -93,12 +93,19 @@ pub async fn handle(
         return local(&table.unmatched, ProxyError::BadHost, false, started);
     }
 
-    // 2. Match a route by host and path.
+    // 2. Match a route by host and path. An absolute-form target's (or
+    //    HTTP/2 `:authority`'s) authority wins over `Host` (RFC 9112 §3.2.2,
+    //    RFC 9113 §8.3.1), and is what the upstream gets as `Host` (step 4).
+    let client_version = req.version();
     let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        .uri()
+        .authority()
+        .map(headers::authority_host)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
     let Some(route) = table.find(host, req.uri().path()) else {
         return local(&table.unmatched, ProxyError::NoRoute, false, started);
     };
@@ -135,13 +142,8 @@ pub async fn handle(
     if let Some(protocol) = upgrade {
         headers::set_upgrade(&mut parts.headers, protocol);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, v);
+    if let Some(authority) = parts.uri.authority() {
+        headers::set_host(&mut parts.headers, authority);
     }
     headers::set_forwarded(&mut parts.headers, &conn.client_ip, conn.tls);
     if parts.version == Version::HTTP_2 {
@@ -171,6 +173,11 @@ pub async fn handle(
 
     // 6. Rewrite the response: hop-by-hop out, unless switching protocols
     //    (the connection then belongs to the tunnel, not the pool).
+    // Cutover's own version, not the backend's (RFC 9110 §6.2): hyper then
+    // applies the HTTP/1.0 client's keep-alive rules (RFC 9112 §9.3) itself.
+    if client_version != Version::HTTP_2 {
+        *resp.version_mut() = Version::HTTP_11;
+    }
     let mut lease = Some(lease);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         lease = None;
