@@ -119,7 +119,17 @@ pub async fn forward<'t>(
         let (next_backend, next) = match sent {
             Ok(Ok((resp, lease))) => {
                 let status = resp.status();
-                if status.is_server_error() {
+                // Gateway failures count by default (Envoy's
+                // consecutive_gateway_failure); an app's own 5xx only with
+                // `outlier.on = ["5xx"]`, else one URL that answers 500
+                // could eject every endpoint.
+                let gateway = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                );
+                if gateway || (status.is_server_error() && this.backend.outlier.on_5xx) {
                     this.backend.report_failure(endpoint);
                 } else {
                     endpoint.report_success();
@@ -162,10 +172,15 @@ pub async fn forward<'t>(
                     });
                 }
                 let kind = classify(&error);
-                this.backend.report_failure(endpoint);
+                if !error.is_local() {
+                    this.backend.report_failure(endpoint);
+                }
                 this.metrics.upstream_error(kind);
-                tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    kind = kind.as_str(), error = %error_chain(&error), "upstream request failed");
+                if let Some(suppressed) = endpoint.warn_gate.allow() {
+                    tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                        kind = kind.as_str(), error = %error_chain(&error), suppressed,
+                        "upstream request failed");
+                }
                 let err = ProxyError::Upstream(kind);
                 let Some(unsent) = unsent.filter(|_| attempt < policy.retries) else {
                     return Err(Failed { err, backend });
@@ -181,8 +196,10 @@ pub async fn forward<'t>(
                 this.backend.report_failure(endpoint);
                 this.metrics
                     .upstream_error(crate::metrics::UpstreamErrorKind::Timeout);
-                tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    timeout = ?w.shared.timeouts.request, "upstream did not answer in time");
+                if let Some(suppressed) = endpoint.warn_gate.allow() {
+                    tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                        timeout = ?w.shared.timeouts.request, suppressed, "upstream did not answer in time");
+                }
                 return Err(Failed {
                     err: ProxyError::RequestTimeout,
                     backend,

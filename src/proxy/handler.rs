@@ -17,6 +17,7 @@ use super::headers;
 use super::server::Shared;
 use super::upgrade;
 use crate::metrics::RouteMetrics;
+use crate::upstream::endpoint::LogGate;
 use crate::upstream::pool::Client;
 
 /// What a worker thread owns.
@@ -114,7 +115,13 @@ pub async fn handle(
     let choice = route.choose(req.headers(), conn.tls);
     let Some(backend) = choice.backend else {
         let wanted = choice.failed_over_from.unwrap_or(0);
-        tracing::warn!(route = %route.name, "no backend of the route has an available endpoint");
+        // One line a second at most, for all routes: an outage would
+        // otherwise log a line per request.
+        static GATE: LogGate = LogGate::new();
+        if let Some(suppressed) = GATE.allow() {
+            tracing::warn!(route = %route.name, suppressed,
+                "no backend of the route has an available endpoint");
+        }
         return local(
             &route.backends[wanted].metrics,
             ProxyError::NoEndpoint,

@@ -123,6 +123,13 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+impl UpstreamError {
+    /// Not the endpoint's fault; see [`ConnectError::is_local`].
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Connect(c) if c.is_local())
+    }
+}
+
 /// A worker's way to its endpoints.
 pub struct Client {
     worker: usize,
