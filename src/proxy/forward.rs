@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use super::body::{GaugeGuard, RequestBody};
 use super::error::{ProxyError, classify, is_client_body};
+use super::expect;
 use super::handler::Worker;
 use crate::metrics::RetryReason;
 use crate::routing::Route;
@@ -70,7 +71,14 @@ pub async fn forward<'t>(
     // the head, and a body small enough to buffer (larger ones stream and
     // are not retried after a 5xx).
     let mut replay = None;
-    let body = if policy.retries > 0 && policy.on_5xx && idempotent(&parts.method) {
+    // `Expect: 100-continue`: the body waits for the backend's word
+    // (`expect.rs`), so it is never buffered for a replay.
+    let expects = !body.is_end_stream() && expect::expects_continue(&parts.headers);
+    let mut held = None;
+    let body = if expects {
+        held = Some(body);
+        RequestBody::Empty
+    } else if policy.retries > 0 && policy.on_5xx && idempotent(&parts.method) {
         let empty = body.is_end_stream();
         let small = body
             .size_hint()
@@ -110,6 +118,7 @@ pub async fn forward<'t>(
     route.backends[backend].backend.budget.deposit(started);
 
     let mut req = Request::from_parts(parts, body);
+    let gate = held.map(|body| expect::hold(&mut req, body));
     let mut attempt = 0;
     loop {
         let this = &route.backends[backend];
@@ -117,7 +126,12 @@ pub async fn forward<'t>(
         let gauge = GaugeGuard::new(this.metrics.in_flight());
         let sent = tokio::time::timeout_at(deadline, w.client.send(endpoint, req)).await;
         let (next_backend, next) = match sent {
-            Ok(Ok((resp, lease))) => {
+            Ok(Ok((resp, mut lease))) => {
+                if let Some(gate) = &gate
+                    && !gate.on_response()
+                {
+                    lease.forbid_reuse();
+                }
                 let status = resp.status();
                 // Gateway failures count by default (Envoy's
                 // consecutive_gateway_failure); an app's own 5xx only with
