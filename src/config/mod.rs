@@ -94,6 +94,8 @@ pub struct OutlierSpec {
     pub base_ejection_time: Duration,
     pub max_ejection_time: Duration,
     pub max_ejected_percent: u32,
+    /// Any 5xx counts as a failure, not only 502/503/504 (`on = ["5xx"]`).
+    pub on_5xx: bool,
 }
 
 /// Retries within a backend.

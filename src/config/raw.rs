@@ -124,6 +124,8 @@ pub struct RawOutlier {
     pub base_ejection_time: Option<Str>,
     pub max_ejection_time: Option<Str>,
     pub max_ejected_percent: Option<Spanned<i64>>,
+    /// What counts as a failure besides gateway failures: `["5xx"]`.
+    pub on: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Deserialize)]

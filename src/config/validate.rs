@@ -432,9 +432,22 @@ impl Validator<'_> {
             base_ejection_time: None,
             max_ejection_time: None,
             max_ejected_percent: None,
+            on: None,
         };
         let o = o.unwrap_or(&none);
+        let mut on_5xx = false;
+        for (i, r) in o.on.iter().flat_map(|r| r.get_ref().iter()).enumerate() {
+            match r.get_ref().as_str() {
+                "5xx" => on_5xx = true,
+                "gateway" => {}
+                other => self.error(
+                    r,
+                    format!("{key}.on[{i}]: \"{other}\" is not one of gateway, 5xx"),
+                ),
+            }
+        }
         OutlierSpec {
+            on_5xx,
             consecutive_failures: self.int(
                 &format!("{key}.consecutive_failures"),
                 &o.consecutive_failures,

@@ -18,6 +18,8 @@ use crate::upstream::pool::Lease;
 #[derive(Debug)]
 pub enum RequestBody {
     Streaming(Incoming),
+    /// The client's body, held until the backend answers `100 Continue`.
+    Expecting(Box<super::expect::Held>),
     Buffered(Option<Bytes>),
     Empty,
 }
@@ -32,6 +34,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Expecting(h) => h.poll_frame(cx),
             RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Empty => Poll::Ready(None),
         }
@@ -40,6 +43,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Expecting(h) => h.is_end_stream(),
             RequestBody::Buffered(b) => b.is_none(),
             RequestBody::Empty => true,
         }
@@ -48,6 +52,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Expecting(h) => h.size_hint(),
             RequestBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -94,7 +94,8 @@ impl ProxyError {
         match self {
             ProxyError::AmbiguousFraming
             | ProxyError::UnsupportedTransferCoding
-            | ProxyError::BadHost => {
+            | ProxyError::BadHost
+            | ProxyError::ClientBody => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::NoEndpoint => {
@@ -104,6 +105,15 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The client's own request body failed (a bad chunk line, a chunk size
+/// that overflows, a connection cut midway): hyper's client reports it as a
+/// user body error caused by the server side's `hyper::Error`. That is the
+/// client's fault (400), not the endpoint's.
+pub fn is_client_body(err: &UpstreamError) -> bool {
+    matches!(err, UpstreamError::Http(h) if h.is_user()
+        && h.source().is_some_and(|s| s.is::<hyper::Error>()))
 }
 
 /// Classifies an error of the upstream client.

@@ -16,7 +16,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::{GaugeGuard, RequestBody};
-use super::error::{ProxyError, classify};
+use super::error::{ProxyError, classify, is_client_body};
+use super::expect;
 use super::handler::Worker;
 use crate::metrics::RetryReason;
 use crate::routing::Route;
@@ -70,7 +71,14 @@ pub async fn forward<'t>(
     // the head, and a body small enough to buffer (larger ones stream and
     // are not retried after a 5xx).
     let mut replay = None;
-    let body = if policy.retries > 0 && policy.on_5xx && idempotent(&parts.method) {
+    // `Expect: 100-continue`: the body waits for the backend's word
+    // (`expect.rs`), so it is never buffered for a replay.
+    let expects = !body.is_end_stream() && expect::expects_continue(&parts.headers);
+    let mut held = None;
+    let body = if expects {
+        held = Some(body);
+        RequestBody::Empty
+    } else if policy.retries > 0 && policy.on_5xx && idempotent(&parts.method) {
         let empty = body.is_end_stream();
         let small = body
             .size_hint()
@@ -110,6 +118,7 @@ pub async fn forward<'t>(
     route.backends[backend].backend.budget.deposit(started);
 
     let mut req = Request::from_parts(parts, body);
+    let gate = held.map(|body| expect::hold(&mut req, body));
     let mut attempt = 0;
     loop {
         let this = &route.backends[backend];
@@ -117,9 +126,24 @@ pub async fn forward<'t>(
         let gauge = GaugeGuard::new(this.metrics.in_flight());
         let sent = tokio::time::timeout_at(deadline, w.client.send(endpoint, req)).await;
         let (next_backend, next) = match sent {
-            Ok(Ok((resp, lease))) => {
+            Ok(Ok((resp, mut lease))) => {
+                if let Some(gate) = &gate
+                    && !gate.on_response()
+                {
+                    lease.forbid_reuse();
+                }
                 let status = resp.status();
-                if status.is_server_error() {
+                // Gateway failures count by default (Envoy's
+                // consecutive_gateway_failure); an app's own 5xx only with
+                // `outlier.on = ["5xx"]`, else one URL that answers 500
+                // could eject every endpoint.
+                let gateway = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                );
+                if gateway || (status.is_server_error() && this.backend.outlier.on_5xx) {
                     this.backend.report_failure(endpoint);
                 } else {
                     endpoint.report_success();
@@ -153,11 +177,24 @@ pub async fn forward<'t>(
                 next
             }
             Ok(Err(SendError { error, unsent })) => {
+                if is_client_body(&error) {
+                    tracing::debug!(route = %route.name, error = %error_chain(&error),
+                        "client request body failed");
+                    return Err(Failed {
+                        err: ProxyError::ClientBody,
+                        backend,
+                    });
+                }
                 let kind = classify(&error);
-                this.backend.report_failure(endpoint);
+                if !error.is_local() {
+                    this.backend.report_failure(endpoint);
+                }
                 this.metrics.upstream_error(kind);
-                tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    kind = kind.as_str(), error = %error_chain(&error), "upstream request failed");
+                if let Some(suppressed) = endpoint.warn_gate.allow() {
+                    tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                        kind = kind.as_str(), error = %error_chain(&error), suppressed,
+                        "upstream request failed");
+                }
                 let err = ProxyError::Upstream(kind);
                 let Some(unsent) = unsent.filter(|_| attempt < policy.retries) else {
                     return Err(Failed { err, backend });
@@ -173,8 +210,10 @@ pub async fn forward<'t>(
                 this.backend.report_failure(endpoint);
                 this.metrics
                     .upstream_error(crate::metrics::UpstreamErrorKind::Timeout);
-                tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    timeout = ?w.shared.timeouts.request, "upstream did not answer in time");
+                if let Some(suppressed) = endpoint.warn_gate.allow() {
+                    tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                        timeout = ?w.shared.timeouts.request, suppressed, "upstream did not answer in time");
+                }
                 return Err(Failed {
                     err: ProxyError::RequestTimeout,
                     backend,

@@ -17,6 +17,7 @@ use super::headers;
 use super::server::Shared;
 use super::upgrade;
 use crate::metrics::RouteMetrics;
+use crate::upstream::endpoint::LogGate;
 use crate::upstream::pool::Client;
 
 /// What a worker thread owns.
@@ -93,12 +94,19 @@ pub async fn handle(
         return local(&table.unmatched, ProxyError::BadHost, false, started);
     }
 
-    // 2. Match a route by host and path.
+    // 2. Match a route by host and path. An absolute-form target's (or
+    //    HTTP/2 `:authority`'s) authority wins over `Host` (RFC 9112 §3.2.2,
+    //    RFC 9113 §8.3.1), and is what the upstream gets as `Host` (step 4).
+    let client_version = req.version();
     let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        .uri()
+        .authority()
+        .map(headers::authority_host)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
     let Some(route) = table.find(host, req.uri().path()) else {
         return local(&table.unmatched, ProxyError::NoRoute, false, started);
     };
@@ -107,7 +115,13 @@ pub async fn handle(
     let choice = route.choose(req.headers(), conn.tls);
     let Some(backend) = choice.backend else {
         let wanted = choice.failed_over_from.unwrap_or(0);
-        tracing::warn!(route = %route.name, "no backend of the route has an available endpoint");
+        // One line a second at most, for all routes: an outage would
+        // otherwise log a line per request.
+        static GATE: LogGate = LogGate::new();
+        if let Some(suppressed) = GATE.allow() {
+            tracing::warn!(route = %route.name, suppressed,
+                "no backend of the route has an available endpoint");
+        }
         return local(
             &route.backends[wanted].metrics,
             ProxyError::NoEndpoint,
@@ -135,13 +149,8 @@ pub async fn handle(
     if let Some(protocol) = upgrade {
         headers::set_upgrade(&mut parts.headers, protocol);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(v) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, v);
+    if let Some(authority) = parts.uri.authority() {
+        headers::set_host(&mut parts.headers, authority);
     }
     headers::set_forwarded(&mut parts.headers, &conn.client_ip, conn.tls);
     if parts.version == Version::HTTP_2 {
@@ -171,6 +180,11 @@ pub async fn handle(
 
     // 6. Rewrite the response: hop-by-hop out, unless switching protocols
     //    (the connection then belongs to the tunnel, not the pool).
+    // Cutover's own version, not the backend's (RFC 9110 §6.2): hyper then
+    // applies the HTTP/1.0 client's keep-alive rules (RFC 9112 §9.3) itself.
+    if client_version != Version::HTTP_2 {
+        *resp.version_mut() = Version::HTTP_11;
+    }
     let mut lease = Some(lease);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         lease = None;

@@ -2,6 +2,7 @@
 //! both directions, the forwarding headers are set, `Host` is kept.
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -35,7 +36,7 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
 /// without hashing, and looks up only what is there: most messages carry no
 /// hop-by-hop field but `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let (mut connection, mut te, mut listed) = (false, false, false);
+    let (mut connection, mut te, mut listed, mut chunked) = (false, false, false, false);
     for name in headers.keys() {
         if name == header::CONNECTION {
             connection = true;
@@ -43,7 +44,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             te = true;
         } else if HOP_BY_HOP.contains(&name) {
             listed = true;
+            chunked |= name == header::TRANSFER_ENCODING;
         }
+    }
+    // A message with both `Transfer-Encoding` and `Content-Length` was
+    // framed by the former; the latter must go (RFC 9112 §6.3), or it would
+    // frame the re-chunked or re-counted body wrongly. (Requests like that
+    // are refused before this; responses are fixed here.)
+    if chunked {
+        headers.remove(header::CONTENT_LENGTH);
     }
     if connection {
         strip_connection(headers);
@@ -106,8 +115,9 @@ fn te_only_trailers(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The protocol a request asks to switch to, unless it is `h2c`, which is
-/// never forwarded (RFC 9113 §3.1 removed it; a proxy must not pass it on).
+/// The protocols a request asks to switch to, without `h2c`, which is never
+/// forwarded (RFC 9113 §3.1 removed it; a proxy must not pass it on), even
+/// in a list such as `h2c, websocket`.
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
     let asks = headers
@@ -116,8 +126,40 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let h2c = upgrade.as_bytes().eq_ignore_ascii_case(b"h2c");
-    (asks && !h2c).then(|| upgrade.clone())
+    if !asks {
+        return None;
+    }
+    let is_h2c = |t: &[u8]| t.trim_ascii().eq_ignore_ascii_case(b"h2c");
+    let tokens = || upgrade.as_bytes().split(|b| *b == b',');
+    if !tokens().any(is_h2c) {
+        return Some(upgrade.clone());
+    }
+    let kept: Vec<&[u8]> = tokens()
+        .filter(|t| !is_h2c(t) && !t.trim_ascii().is_empty())
+        .map(|t| t.trim_ascii())
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&kept.join(&b", "[..])).ok()
+}
+
+/// The `host[:port]` of an authority, without any `userinfo@`.
+pub fn authority_host(authority: &Authority) -> &str {
+    let a = authority.as_str();
+    a.rsplit_once('@').map_or(a, |(_, host)| host)
+}
+
+/// Makes `Host` the request target's authority, when the target has one
+/// (absolute form, RFC 9112 §3.2.2: the received `Host` is ignored; an
+/// HTTP/2 `:authority`, RFC 9113 §8.3.1). Allocates only when they differ.
+pub fn set_host(headers: &mut HeaderMap, authority: &Authority) {
+    let host = authority_host(authority);
+    if headers.get(header::HOST).map(|v| v.as_bytes()) != Some(host.as_bytes())
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, v);
+    }
 }
 
 /// Puts back `Connection: upgrade` and `Upgrade` after stripping.
@@ -127,8 +169,11 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Sets `X-Forwarded-For` (appending `client` to what is there),
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`, and removes a client's
+/// `Forwarded` (RFC 7239): Cutover does not write that field, so one that
+/// reached the app could only be the client's own claim.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
+    headers.remove(header::FORWARDED);
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
             e.insert(client.clone());
@@ -247,6 +292,35 @@ mod tests {
         assert!(requested_upgrade(&h).is_none());
         let h = map(&[("upgrade", "websocket")]);
         assert!(requested_upgrade(&h).is_none());
+        let h = map(&[("connection", "upgrade"), ("upgrade", "h2c, websocket")]);
+        assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
+        let h = map(&[("connection", "upgrade"), ("upgrade", " H2C ,")]);
+        assert!(requested_upgrade(&h).is_none());
+    }
+
+    #[test]
+    fn transfer_encoding_drops_content_length() {
+        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("content-length", "3")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["content-length"], "3");
+    }
+
+    #[test]
+    fn authority_replaces_host() {
+        let a: Authority = "user@other.host:8080".parse().unwrap();
+        let mut h = map(&[("host", "shop")]);
+        set_host(&mut h, &a);
+        assert_eq!(h["host"], "other.host:8080");
+    }
+
+    #[test]
+    fn client_forwarded_is_removed() {
+        let mut h = map(&[("forwarded", "for=6.6.6.6")]);
+        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
+        assert!(!h.contains_key("forwarded"));
     }
 
     #[test]

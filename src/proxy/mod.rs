@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod error;
+pub mod expect;
 pub mod forward;
 pub mod handler;
 pub mod headers;

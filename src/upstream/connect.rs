@@ -52,6 +52,29 @@ pub enum ConnectError {
     Handshake(hyper::Error),
 }
 
+impl ConnectError {
+    /// The proxy's own lack of resources (file descriptors, ephemeral
+    /// ports, buffers, memory) or config, not the endpoint's fault: never
+    /// counted towards its ejection.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ConnectError::NoTlsConfig => true,
+            ConnectError::Tcp(e) | ConnectError::Resolve(e) => is_local_io(e),
+            _ => false,
+        }
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL, EADDRINUSE (Linux
+/// numbers; `std` has no `ErrorKind` for the first four).
+fn is_local_io(e: &io::Error) -> bool {
+    const LOCAL: [i32; 4] = [24, 23, 105, 12];
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse | io::ErrorKind::OutOfMemory
+    ) || e.raw_os_error().is_some_and(|n| LOCAL.contains(&n))
+}
+
 /// Connects to `spec` and returns a sender ready for its first request.
 pub async fn connect(
     spec: &EndpointSpec,
@@ -121,4 +144,20 @@ async fn tcp(authority: &Authority, https: bool) -> Result<TcpStream, ConnectErr
         }
     }
     Err(ConnectError::Tcp(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_errors_are_local() {
+        for n in [24, 23, 99, 98, 105, 12] {
+            assert!(ConnectError::Tcp(io::Error::from_raw_os_error(n)).is_local());
+        }
+        for n in [111, 104, 113, 110] {
+            assert!(!ConnectError::Tcp(io::Error::from_raw_os_error(n)).is_local());
+        }
+        assert!(!ConnectError::Timeout.is_local());
+    }
 }

@@ -34,6 +34,10 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     consecutive_failures: AtomicU32,
+    /// Rate limit of this endpoint's failure WARN lines.
+    pub warn_gate: LogGate,
+    /// Rate limit of "max_ejected_percent forbids ejecting it".
+    eject_gate: LogGate,
     /// Why the health check last said what it said, for `/admin/state`.
     pub health_detail: Mutex<String>,
     /// Idle keep-alive connections, a list per worker thread.
@@ -51,6 +55,8 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
+            warn_gate: LogGate::default(),
+            eject_gate: LogGate::default(),
             health_detail: Mutex::new("no active check".into()),
         }
     }
@@ -87,6 +93,43 @@ impl Endpoint {
         if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+/// At most one log line per second for a repeated event, counting the
+/// ones left out: a failing endpoint must not flood the log with a line per
+/// request. Touched only on failure paths.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogGate {
+    const EVERY_MS: u64 = 1000;
+
+    pub const fn new() -> LogGate {
+        LogGate {
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log now, saying `n` lines were suppressed since the last
+    /// one; `None`: suppressed (and counted).
+    pub fn allow(&self) -> Option<u64> {
+        let now = now_ms();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= Self::EVERY_MS)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -175,7 +218,8 @@ impl Backend {
         self.endpoints.iter().any(|e| e.is_available())
     }
 
-    /// A connect failure, timeout, reset or 5xx from `ep`: after
+    /// A gateway failure of `ep` (connect failure, timeout, reset, 502, 503,
+    /// 504; any 5xx with `on = ["5xx"]`): after
     /// `consecutive_failures` in a row it is ejected for a time that doubles
     /// with each ejection, unless that would eject more than
     /// `max_ejected_percent` of the backend.
@@ -194,8 +238,10 @@ impl Backend {
         }
         let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
         if (ejected + 1) * 100 > o.max_ejected_percent as usize * self.endpoints.len() {
-            tracing::warn!(backend = %self.name, endpoint = %ep.label, ejected,
-                "endpoint keeps failing but max_ejected_percent forbids ejecting it");
+            if let Some(suppressed) = ep.eject_gate.allow() {
+                tracing::warn!(backend = %self.name, endpoint = %ep.label, ejected, suppressed,
+                    "endpoint keeps failing but max_ejected_percent forbids ejecting it");
+            }
             return;
         }
         let n = ep.ejections.fetch_add(1, Ordering::Relaxed).min(16);
@@ -316,6 +362,7 @@ mod tests {
                 base_ejection_time: Duration::from_secs(10),
                 max_ejection_time: Duration::from_secs(300),
                 max_ejected_percent: 50,
+                on_5xx: false,
             },
             retry: RetrySpec {
                 retries: 2,

@@ -85,9 +85,16 @@ pub struct Lease {
     sender: Sender,
     endpoint: Arc<Endpoint>,
     worker: usize,
+    reusable: bool,
 }
 
 impl Lease {
+    /// The request was cut short (its body not all sent, or not read by
+    /// the backend): the connection closes instead of going back.
+    pub fn forbid_reuse(&mut self) {
+        self.reusable = false;
+    }
+
     /// Gives the connection back once the response has been read to its end.
     /// It is nearly always ready again at once; if not, a small task waits.
     pub fn release(self) {
@@ -95,7 +102,11 @@ impl Lease {
             mut sender,
             endpoint,
             worker,
+            reusable,
         } = self;
+        if !reusable {
+            return;
+        }
         if sender.is_ready() {
             endpoint.pools.put(worker, sender);
         } else if !sender.is_closed() {
@@ -121,6 +132,13 @@ pub enum UpstreamError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Not the endpoint's fault; see [`ConnectError::is_local`].
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Connect(c) if c.is_local())
+    }
 }
 
 /// A worker's way to its endpoints.
@@ -187,6 +205,7 @@ impl Client {
             sender,
             endpoint: endpoint.clone(),
             worker: self.worker,
+            reusable: true,
         }
     }
 }

@@ -146,6 +146,15 @@ impl RawConn {
         Ok(resp)
     }
 
+    /// Reads exactly `n` bytes, whatever they are.
+    pub async fn read_n(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(READ_TIMEOUT, self.reader.read_exact(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        Ok(buf)
+    }
+
     /// Waits until the peer closes the connection (`true`) or sends more
     /// bytes / nothing happens within `within` (`false`). Bytes received are
     /// returned for diagnostics.
@@ -182,4 +191,137 @@ pub async fn roundtrip(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawR
     let mut c = RawConn::connect(addr).await;
     c.send(request).await?;
     c.read_response().await
+}
+
+/// A backend that speaks raw bytes: each accepted connection is handed to
+/// `script`, which reads what the proxy sent and writes whatever it likes
+/// (an HTTP/1.0 answer, a close-delimited body, a 417 without reading the
+/// body). Counts connections accepted and open at once.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub max_open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawBackend {
+    pub async fn start<F, Fut>(script: F) -> RawBackend
+    where
+        F: Fn(BackendConn) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let max_open = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (a, m) = (accepted.clone(), max_open.clone());
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let (script, open) = (script.clone(), open.clone());
+                tokio::spawn(async move {
+                    script(BackendConn {
+                        reader: BufReader::new(stream),
+                    })
+                    .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            accepted,
+            max_open,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn max_open(&self) -> usize {
+        self.max_open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The backend's side of one connection from the proxy.
+pub struct BackendConn {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl BackendConn {
+    /// Reads one request head (up to the empty line), lines without CRLF;
+    /// `None` when the proxy closed the connection first.
+    pub async fn read_head(&mut self) -> Option<Vec<String>> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match tokio::time::timeout(READ_TIMEOUT, self.reader.read_line(&mut line)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_owned();
+            if line.is_empty() {
+                return Some(lines);
+            }
+            lines.push(line);
+        }
+    }
+
+    /// Reads exactly `n` body bytes.
+    pub async fn read_exact(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(READ_TIMEOUT, self.reader.read_exact(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        Ok(buf)
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let s = self.reader.get_mut();
+        s.write_all(bytes).await?;
+        s.flush().await
+    }
+
+    /// What arrives until the peer closes or `within` passes.
+    pub async fn read_until_close(&mut self, within: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = [0u8; 8192];
+        loop {
+            match tokio::time::timeout_at(deadline, self.reader.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return got,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}
+
+/// `value` of `name: value` in a head from [`BackendConn::read_head`].
+pub fn head_field<'h>(head: &'h [String], name: &str) -> Option<&'h str> {
+    head.iter().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Replaces the value of every `date:` line, so whole responses can be
+/// compared byte for byte.
+pub fn mask_date(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .split("\r\n")
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("date:") {
+                "date: *"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
