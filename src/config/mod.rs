@@ -43,6 +43,13 @@ pub struct Timeouts {
     pub connect: Duration,
     pub request: Duration,
     pub idle: Duration,
+    /// No progress of a request or response body for this long ends the
+    /// exchange.
+    pub body_idle: Duration,
+    /// A WebSocket (upgraded) tunnel silent both ways this long is closed.
+    pub tunnel_idle: Duration,
+    /// A graceful close (GOAWAY + PING) not finished in this long is hard.
+    pub graceful_close: Duration,
     pub drain: Duration,
 }
 

@@ -65,6 +65,9 @@ pub struct RawTimeouts {
     pub request: Option<Str>,
     pub idle: Option<Str>,
     pub drain: Option<Str>,
+    pub body_idle: Option<Str>,
+    pub tunnel_idle: Option<Str>,
+    pub graceful_close: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

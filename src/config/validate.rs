@@ -19,6 +19,11 @@ use super::{
     TlsSpec, UpstreamTls,
 };
 
+/// HTTP/2 streams per connection at most: each may hold a request in
+/// flight, an upstream connection and `max_send_buf_size` of buffered
+/// response (nginx's default is 128, HAProxy's 100).
+const MAX_CONCURRENT_STREAMS: i64 = 1_000;
+
 const DEFAULT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -127,6 +132,19 @@ impl Validator<'_> {
             request: self.duration("timeouts.request", &t.request, 60),
             idle: self.duration("timeouts.idle", &t.idle, 60),
             drain: self.duration("timeouts.drain", &t.drain, 30),
+            body_idle: self.duration_at_most("timeouts.body_idle", &t.body_idle, 60, 86_400),
+            tunnel_idle: self.duration_at_most(
+                "timeouts.tunnel_idle",
+                &t.tunnel_idle,
+                3_600,
+                7 * 86_400,
+            ),
+            graceful_close: self.duration_at_most(
+                "timeouts.graceful_close",
+                &t.graceful_close,
+                5,
+                3_600,
+            ),
         };
         let l = &raw.limits;
         let limits = Limits {
@@ -150,7 +168,7 @@ impl Validator<'_> {
                 &l.max_concurrent_streams,
                 200,
                 1,
-                100_000,
+                MAX_CONCURRENT_STREAMS,
             ) as u32,
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -270,6 +288,32 @@ impl Validator<'_> {
                 );
                 Duration::from_secs(default_secs)
             }
+        }
+    }
+
+    /// A duration with a documented maximum, so deadline arithmetic can
+    /// never overflow.
+    fn duration_at_most(
+        &mut self,
+        key: &str,
+        s: &Option<Str>,
+        default_secs: u64,
+        max_secs: u64,
+    ) -> Duration {
+        let d = self.duration(key, s, default_secs);
+        match s {
+            Some(s) if d > Duration::from_secs(max_secs) => {
+                let max = humantime::format_duration(Duration::from_secs(max_secs));
+                self.error(
+                    s,
+                    format!(
+                        "{key}: \"{}\" is more than the maximum of {max}",
+                        s.get_ref()
+                    ),
+                );
+                Duration::from_secs(default_secs)
+            }
+            _ => d,
         }
     }
 
@@ -828,6 +872,38 @@ mod tests {
             e.contains("c.toml:4:14: backends.b.endpoints[0]: \"x\" needs a port"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn timeouts_and_stream_limits_have_maximums() {
+        let e = errors(&format!(
+            "{BASE}[timeouts]\nbody_idle = \"2days\"\ntunnel_idle = \"0s\"\ngraceful_close = \"2h\"\n[limits]\nmax_concurrent_streams = 5000\n"
+        ));
+        assert!(
+            e.contains(
+                "c.toml:8:13: timeouts.body_idle: \"2days\" is more than the maximum of 1day"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:9:15: timeouts.tunnel_idle: must be greater than zero"),
+            "{e}"
+        );
+        assert!(e.contains("c.toml:10:18: timeouts.graceful_close:"), "{e}");
+        assert!(
+            e.contains(
+                "c.toml:12:26: limits.max_concurrent_streams: 5000 is out of range 1..=1000"
+            ),
+            "{e}"
+        );
+        let ok = parse(
+            Path::new("c.toml"),
+            &format!("{BASE}[timeouts]\nbody_idle = \"1h\"\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.timeouts.body_idle, Duration::from_secs(3600));
+        assert_eq!(ok.timeouts.tunnel_idle, Duration::from_secs(3600));
+        assert_eq!(ok.timeouts.graceful_close, Duration::from_secs(5));
     }
 
     #[test]

@@ -1,9 +1,21 @@
-//! A client connection's IO, wrapped to see what the connection is doing:
-//! close keep-alive connections idle for `timeouts.idle`, and cut off a
-//! request head that takes longer than `timeouts.header_read` (slowloris).
+//! A client connection's IO, wrapped to see what the connection is doing,
+//! and the one ticker per connection that enforces its deadlines:
+//! - the first request head must arrive within `timeouts.header_read` of
+//!   the accept, and any later head within `header_read` of its first byte
+//!   (slowloris; nginx's `client_header_timeout`);
+//! - a keep-alive connection with nothing in progress closes after
+//!   `timeouts.idle`;
+//! - a response body that moves no bytes for `timeouts.body_idle` (a client
+//!   that stopped reading, an HTTP/2 stream at a zero window, an upstream
+//!   that stopped sending) closes the connection, which releases its
+//!   upstream connection;
+//! - a graceful close (GOAWAY and PING on HTTP/2) with nothing in progress
+//!   that the client does not finish within `timeouts.graceful_close` is
+//!   closed hard.
+//!
 //! hyper has a header-read timer of its own, but it arms it while waiting
 //! for the next request too (so idle keep-alive connections closed after
-//! `header_read`) and boxes a new timer per request; this one is a pair of
+//! `header_read`) and boxes a new timer per request; this one is a few
 //! atomics per request and one ticker per connection.
 
 use std::io;
@@ -23,31 +35,75 @@ use crate::upstream::endpoint::now_ms;
 /// ALPN h2, or h2c with prior knowledge): RFC 9113 §3.4.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Response bodies are counted in a ring of buckets by the epoch (an eighth
+/// of `body_idle`) in which they last moved; a bucket 9 to 15 epochs old
+/// that is not empty holds a body that made no progress for `body_idle`.
+const EPOCHS: usize = 16;
+const STALLED_AGE: u32 = 9;
+
+/// The deadlines [`Activity::watch`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub idle: Duration,
+    pub header_read: Duration,
+    pub body_idle: Duration,
+    pub graceful_close: Duration,
+}
+
 /// What one connection has been doing, shared with its request handlers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Activity {
     /// Bumped on every read or write that moved bytes.
     io_events: AtomicU64,
     /// Requests being handled or answered (until their response body has
     /// been sent) on this connection.
     busy: AtomicU32,
-    /// `now_ms()` when bytes arrived with no request in progress: a request
-    /// head has begun. 0 when none is pending.
+    /// `now_ms()` when a request head began: the accept for the first one,
+    /// the first byte for later ones. 0 when none is pending.
     head_since: AtomicU64,
     /// HTTP/2: requests are multiplexed frames, there is no head to time.
     multiplexed: AtomicBool,
+    /// A graceful close has begun (idle, or shutdown).
+    closing: AtomicBool,
+    /// `now_ms()` at accept: body epochs count from here.
+    born: u64,
+    /// The current body epoch, advanced by the watch.
+    epoch: AtomicU32,
+    /// Response bodies in flight, by the epoch they last moved in.
+    streaming: [AtomicU32; EPOCHS],
 }
 
 /// Why [`Activity::watch`] gave up on a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Expired {
-    /// No bytes moved and no request was in progress for `timeouts.idle`.
+    /// No bytes moved and no request was in progress for `timeouts.idle`:
+    /// close gracefully.
     Idle,
     /// A request head took longer than `timeouts.header_read`.
     Head,
+    /// A response body made no progress for `timeouts.body_idle`.
+    Stalled,
+    /// A graceful close was not finished within `timeouts.graceful_close`.
+    Grace,
 }
 
 impl Activity {
+    /// A connection just accepted: its first request head is due within
+    /// `header_read` from now.
+    pub fn accepted() -> Activity {
+        let now = now_ms();
+        Activity {
+            born: now,
+            io_events: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+            head_since: AtomicU64::new(now),
+            multiplexed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            epoch: AtomicU32::new(0),
+            streaming: Default::default(),
+        }
+    }
+
     /// Marks a request as being handled until the guard drops; its head
     /// is complete.
     pub fn busy(self: &Arc<Self>) -> Busy {
@@ -56,14 +112,38 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Resolves when the connection should be closed: idle for `idle`, or a
-    /// request head pending for `header_read`. Checked every quarter of the
-    /// shorter one, so either may run up to a quarter over.
-    pub async fn watch(&self, idle: Duration, header_read: Duration) -> Expired {
-        let tick = idle.min(header_read) / 4;
-        let (idle, header_read) = (idle.as_millis() as u64, header_read.as_millis() as u64);
+    /// The connection is being closed gracefully: from now on, with nothing
+    /// in progress, it has `graceful_close` left.
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the connection should be closed (after `Idle`, start
+    /// a graceful close and watch again). Checked every quarter
+    /// of the shortest deadline (an eighth of `body_idle`), so each may run
+    /// up to a quarter over (`body_idle` up to a quarter and an eighth).
+    pub async fn watch(&self, d: Deadlines) -> Expired {
+        let quarter = |t: Duration| t / 4;
+        let epoch_len = (d.body_idle / 8).max(Duration::from_millis(1));
+        let tick = quarter(d.idle)
+            .min(quarter(d.header_read))
+            .min(quarter(d.graceful_close))
+            .min(epoch_len)
+            .max(Duration::from_millis(5));
+        let ms = |t: Duration| t.as_millis() as u64;
+        let (idle, header_read, grace, epoch_ms) = (
+            ms(d.idle),
+            ms(d.header_read),
+            ms(d.graceful_close),
+            ms(epoch_len).max(1),
+        );
         let mut seen = self.io_events.load(Ordering::Relaxed);
         let mut moved = now_ms();
+        let mut quiet_since = 0;
         loop {
             tokio::time::sleep(tick).await;
             let now = now_ms();
@@ -74,8 +154,29 @@ impl Activity {
             {
                 return Expired::Head;
             }
+            let epoch = (now.saturating_sub(self.born) / epoch_ms) as u32;
+            if epoch != self.epoch.load(Ordering::Relaxed) {
+                self.epoch.store(epoch, Ordering::Relaxed);
+            }
+            if (STALLED_AGE..EPOCHS as u32).any(|age| {
+                epoch >= age
+                    && self.streaming[(epoch - age) as usize % EPOCHS].load(Ordering::Relaxed) != 0
+            }) {
+                return Expired::Stalled;
+            }
+            let busy = self.busy.load(Ordering::Relaxed) != 0;
+            if self.closing.load(Ordering::Relaxed) {
+                if busy {
+                    quiet_since = 0;
+                } else if quiet_since == 0 {
+                    quiet_since = now;
+                } else if now - quiet_since >= grace {
+                    return Expired::Grace;
+                }
+                continue;
+            }
             let events = self.io_events.load(Ordering::Relaxed);
-            if events != seen || self.busy.load(Ordering::Relaxed) != 0 {
+            if events != seen || busy {
                 (seen, moved) = (events, now);
             } else if now.saturating_sub(moved) >= idle {
                 return Expired::Idle;
@@ -93,6 +194,27 @@ impl Activity {
     fn touch(&self) {
         self.io_events.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts a response body as streaming in the current epoch.
+    fn stream_start(&self) -> u32 {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.streaming[epoch as usize % EPOCHS].fetch_add(1, Ordering::Relaxed);
+        epoch
+    }
+
+    /// A response body moved: counts it in the current epoch.
+    fn stream_moved(&self, mine: &mut u32) {
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if epoch != *mine {
+            self.streaming[epoch as usize % EPOCHS].fetch_add(1, Ordering::Relaxed);
+            self.streaming[*mine as usize % EPOCHS].fetch_sub(1, Ordering::Relaxed);
+            *mine = epoch;
+        }
+    }
+
+    fn stream_end(&self, mine: u32) {
+        self.streaming[mine as usize % EPOCHS].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A request in progress on a connection.
@@ -107,15 +229,24 @@ impl Drop for Busy {
 }
 
 /// A response body that keeps its request counted as in progress until it
-/// has been sent (or dropped), so neither watch fires while it streams.
+/// has been sent (or dropped), so neither the idle nor the head deadline
+/// fires while it streams, and that reports its progress for `body_idle`.
 pub struct Tracked<B> {
     body: B,
-    _busy: Busy,
+    epoch: u32,
+    busy: Busy,
 }
 
 impl<B> Tracked<B> {
     pub fn new(body: B, busy: Busy) -> Tracked<B> {
-        Tracked { body, _busy: busy }
+        let epoch = busy.0.stream_start();
+        Tracked { body, epoch, busy }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.busy.0.stream_end(self.epoch);
     }
 }
 
@@ -127,7 +258,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if frame.is_ready() {
+            this.busy.0.stream_moved(&mut this.epoch);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -143,8 +279,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 pub struct ActivityIo<T> {
     inner: T,
     activity: Arc<Activity>,
-    /// Nothing read yet: the first bytes tell HTTP/2 from HTTP/1.
-    fresh: bool,
+    /// How many bytes of the HTTP/2 preface have been read so far; `None`
+    /// once the protocol is decided (the whole preface, or a byte that
+    /// differs): a client trickling `P`, `O`, ... is HTTP/1.
+    preface: Option<u8>,
 }
 
 impl<T> ActivityIo<T> {
@@ -152,8 +290,22 @@ impl<T> ActivityIo<T> {
         ActivityIo {
             inner,
             activity,
-            fresh: true,
+            preface: Some(0),
         }
+    }
+}
+
+/// The next state of the preface match after `new` bytes: `Some(n)` still
+/// undecided with `n` bytes matched, `None` decided; `true` when HTTP/2.
+fn sniff(matched: u8, new: &[u8]) -> (Option<u8>, bool) {
+    let rest = &H2_PREFACE[matched as usize..];
+    let n = new.len().min(rest.len());
+    if new[..n] != rest[..n] {
+        (None, false)
+    } else if n == rest.len() {
+        (None, true)
+    } else {
+        (Some(matched + n as u8), false)
     }
 }
 
@@ -170,9 +322,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
             this.activity.touch();
             let new = &buf.filled()[before..];
             if !new.is_empty() {
-                if std::mem::take(&mut this.fresh) {
-                    let n = new.len().min(H2_PREFACE.len());
-                    if new[..n] == H2_PREFACE[..n] {
+                if let Some(matched) = this.preface {
+                    let (next, h2) = sniff(matched, new);
+                    this.preface = next;
+                    if h2 {
                         this.activity.multiplexed.store(true, Ordering::Relaxed);
                     }
                 }
@@ -220,5 +373,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preface_decides_only_on_enough_bytes() {
+        // One byte at a time: undecided until all 24 match.
+        let mut m = Some(0);
+        for (i, b) in H2_PREFACE.iter().enumerate() {
+            let (next, h2) = sniff(m.unwrap(), std::slice::from_ref(b));
+            assert_eq!(h2, i == H2_PREFACE.len() - 1);
+            m = next;
+        }
+        assert_eq!(m, None);
+        // `P`, then `O`: HTTP/1 at the first byte that differs.
+        assert_eq!(sniff(0, b"P"), (Some(1), false));
+        assert_eq!(sniff(1, b"OST / HTTP/1.1"), (None, false));
+        // All at once, with more after it.
+        assert_eq!(
+            sniff(0, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            (None, true)
+        );
+        assert_eq!(sniff(0, b"GET / HTTP/1.1\r\n"), (None, false));
     }
 }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
-use super::io::{Activity, ActivityIo, Expired, Tracked};
+use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked};
 use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
@@ -247,6 +247,10 @@ async fn accept_loop(
     }
 }
 
+/// Response bytes an HTTP/2 stream buffers beyond what the client's window
+/// lets through: 64 KiB, the protocol's initial window (RFC 9113 §6.9.2).
+const MAX_SEND_BUF: usize = 64 * 1024;
+
 /// hyper's server settings, every limit explicit.
 fn http_builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -261,6 +265,9 @@ fn http_builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)
+        // What a stream may buffer for a client that does not read (hyper's
+        // default is 400 KiB): one window's worth.
+        .max_send_buf_size(MAX_SEND_BUF)
         .max_header_list_size(l.max_header_bytes as u32)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
@@ -280,11 +287,14 @@ pub async fn serve<I>(
 {
     let metrics = worker.shared.metrics.clone();
     metrics.connections_open.inc();
-    let (idle_after, header_read) = (
-        worker.shared.timeouts.idle,
-        worker.shared.timeouts.header_read,
-    );
-    let activity = Arc::new(Activity::default());
+    let t = &worker.shared.timeouts;
+    let deadlines = Deadlines {
+        idle: t.idle,
+        header_read: t.header_read,
+        body_idle: t.body_idle,
+        graceful_close: t.graceful_close,
+    };
+    let activity = Arc::new(Activity::accepted());
     let io = TokioIo::new(ActivityIo::new(io, activity.clone()));
     let handler_activity = activity.clone();
     let conn_peer = conn.peer;
@@ -299,11 +309,20 @@ pub async fn serve<I>(
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let watch = activity.watch(idle_after, header_read);
+    let watch = activity.watch(deadlines);
     tokio::pin!(watch);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        connection.as_mut().graceful_shutdown();
+    // Starts a graceful close once; the watch then bounds it.
+    macro_rules! close {
+        () => {
+            if !activity.closing() {
+                activity.start_closing();
+                connection.as_mut().graceful_shutdown();
+                watch.set(activity.watch(deadlines));
+            }
+        };
+    }
+    if *shutdown.borrow() {
+        close!();
     }
     loop {
         tokio::select! {
@@ -313,17 +332,19 @@ pub async fn serve<I>(
                 }
                 break;
             }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            expired = &mut watch, if !closing => match expired {
-                Expired::Idle => {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
+            _ = shutdown.changed(), if !activity.closing() => close!(),
+            expired = &mut watch => match expired {
+                Expired::Idle => close!(),
                 Expired::Head => {
-                    tracing::debug!(peer = %conn_peer, timeout = ?header_read, "request head too slow; closing");
+                    tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+                    break;
+                }
+                Expired::Stalled => {
+                    tracing::debug!(peer = %conn_peer, timeout = ?deadlines.body_idle, "a body made no progress; closing");
+                    break;
+                }
+                Expired::Grace => {
+                    tracing::debug!(peer = %conn_peer, timeout = ?deadlines.graceful_close, "graceful close not finished; closing");
                     break;
                 }
             },

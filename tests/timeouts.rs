@@ -1,0 +1,142 @@
+//! Timeouts bound what they name, through the real binary: the first request
+//! head (`header_read` from the accept), the HTTP/1 vs HTTP/2 decision, the
+//! graceful close of HTTP/2 (`graceful_close`), bodies that stop moving
+//! (`body_idle`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw::RawConn;
+
+/// The HTTP/2 client connection preface: the magic, then an empty SETTINGS
+/// frame (RFC 9113 §3.4), and nothing after it (no ACK, no PING answer).
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Reads until the proxy closes; `Some(elapsed)` if it did within `within`.
+async fn closed_after(c: &mut RawConn, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let deadline = started + within;
+    while Instant::now() < deadline {
+        let (closed, _) = c.closed_within(deadline - Instant::now()).await;
+        if closed {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_header_read_not_idle() {
+    let (b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nheader_read = \"500ms\"\nidle = \"30s\"\n",
+    )
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    let took = closed_after(&mut c, Duration::from_secs(10)).await;
+    let took = took.expect("a silent connection was held past 10 s (idle is 30 s)");
+    // header_read is checked every quarter of itself: 0.5 s to 0.625 s,
+    // plus scheduling.
+    assert!(
+        took >= Duration::from_millis(400),
+        "closed too early: {took:?}"
+    );
+    assert!(b.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_head_trickled_from_its_first_byte_is_http1_under_header_read() {
+    // `P`, then `O`, ...: not the HTTP/2 preface once the second byte
+    // differs, so header_read applies to the whole head.
+    let (b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nheader_read = \"1s\"\nidle = \"30s\"\n",
+    )
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    let head = b"POST /trickle HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n";
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in head.chunks(1) {
+        if c.send(byte).await.is_err() {
+            cut = true;
+            break;
+        }
+        let (closed, _) = c.closed_within(Duration::from_millis(100)).await;
+        if closed {
+            cut = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        cut,
+        "a head trickled over {took:?} was read to the end (header_read is 1 s)"
+    );
+    assert!(
+        took >= Duration::from_millis(800),
+        "cut too early: {took:?}"
+    );
+    assert!(b.seen().is_empty(), "{:?}", b.seen());
+}
+
+#[tokio::test]
+async fn a_head_in_one_packet_after_a_pause_is_still_served() {
+    // The deadline is header_read, not "instantly": a client that connects
+    // and sends its head 300 ms later is served.
+    let (_b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nheader_read = \"1s\"\nidle = \"30s\"\n",
+    )
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    assert_eq!(c.read_response().await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_that_never_answer_the_close_ping_are_closed() {
+    // 30 connections send the preface and SETTINGS, then nothing: they take
+    // all 20 slots (10 wait in the accept queue). At idle the proxy sends
+    // GOAWAY and a PING that is never answered; graceful_close later it
+    // closes them, and a new request is served.
+    let (_b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nidle = \"1s\"\ngraceful_close = \"1s\"\n\n[limits]\nmax_connections = 20\n\n[server]\nworkers = 1\n",
+    )
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..30 {
+        let mut c = RawConn::connect(p.http).await;
+        c.send(H2_PREFACE_AND_SETTINGS).await.unwrap();
+        conns.push(c);
+    }
+    let started = Instant::now();
+    let closing: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move { closed_after(&mut c, Duration::from_secs(20)).await })
+        })
+        .collect();
+    for c in closing {
+        // Two rounds of idle + graceful_close (the second for the ten that
+        // waited for a slot), each up to a quarter over, plus scheduling.
+        let took = c.await.unwrap();
+        assert!(
+            took.is_some(),
+            "an HTTP/2 connection that ignores the PING was held past 20 s"
+        );
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "closing took {took:?}");
+    let resp = common::raw::roundtrip(p.http, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .expect("a new request is served once the slots are free");
+    assert_eq!(resp.status, 200);
+}
