@@ -51,11 +51,9 @@ impl Histogram<'_> {
     fn cdf(&self) -> Vec<f64> {
         let n = self.total().max(1) as f64;
         let mut c = 0u64;
-        self.edges
-            .iter()
-            .zip(self.counts)
-            .map(|(_, k)| {
-                c += k;
+        (0..self.edges.len())
+            .map(|i| {
+                c += self.counts.get(i).copied().unwrap_or(0);
                 c as f64 / n
             })
             .collect()

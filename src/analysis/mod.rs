@@ -16,10 +16,13 @@
 
 pub mod dkw;
 pub mod error_rate;
+pub mod evidence;
+pub mod json;
 pub mod latency;
 pub mod rate;
 pub mod srm;
 pub mod verdict;
+pub mod window;
 
 #[cfg(test)]
 mod simulation;
