@@ -40,6 +40,8 @@ pub struct App {
     resolver: Option<Arc<Resolver>>,
     /// Certificate and key files of the last config that loaded, to watch.
     cert_files: Mutex<Vec<PathBuf>>,
+    /// A/B evidence windows and the latest verdicts.
+    pub analysis: Arc<crate::analysis::window::Windows>,
 }
 
 impl App {
@@ -305,6 +307,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         reloading: Mutex::new(()),
         resolver,
+        analysis: Arc::default(),
     });
     app.record_success(1);
 
@@ -316,6 +319,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             tracing::info!(listener = "admin", addr = %listener.local_addr()?, "listening");
             tokio::spawn(crate::admin::serve(listener, app.clone()));
         }
+        tokio::spawn(crate::analysis::window::run(
+            app.analysis.clone(),
+            app.shared.clone(),
+        ));
         let _watcher = config::watch::spawn(app.clone())?;
         wait_for_stop(&app).await?;
 
