@@ -383,7 +383,7 @@ async fn endpoint_answering_500_is_ejected_then_readmitted() {
     b3.set_status(500);
     let cfg = format!(
         "{HEAD}[backends.blue]\nendpoints = [\"{}\", \"{}\", \"{}\"]\n\
-         outlier = {{ consecutive_failures = 5, base_ejection_time = \"1s\", max_ejection_time = \"4s\", max_ejected_percent = 50 }}\n\n\
+         outlier = {{ consecutive_failures = 5, base_ejection_time = \"1s\", max_ejection_time = \"4s\", max_ejected_percent = 50, on = [\"5xx\"] }}\n\n\
          [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
         b1.addr, b2.addr, b3.addr
     );
@@ -512,7 +512,7 @@ async fn max_ejected_percent_keeps_one_of_two_failing_endpoints() {
     b.set_status(500);
     let cfg = format!(
         "{HEAD}[backends.blue]\nendpoints = [\"{}\", \"{}\"]\n\
-         outlier = {{ consecutive_failures = 3, base_ejection_time = \"1s\", max_ejection_time = \"1s\", max_ejected_percent = 50 }}\n\n\
+         outlier = {{ consecutive_failures = 3, base_ejection_time = \"1s\", max_ejection_time = \"1s\", max_ejected_percent = 50, on = [\"5xx\"] }}\n\n\
          [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
         a.addr, b.addr
     );
@@ -986,7 +986,7 @@ async fn ejection_time_doubles_up_to_the_max() {
     bad.set_status(500);
     let cfg = format!(
         "{HEAD}[backends.blue]\nendpoints = [\"{}\", \"{}\"]\n\
-         outlier = {{ consecutive_failures = 1, base_ejection_time = \"100ms\", max_ejection_time = \"400ms\" }}\n\n\
+         outlier = {{ consecutive_failures = 1, base_ejection_time = \"100ms\", max_ejection_time = \"400ms\", on = [\"5xx\"] }}\n\n\
          [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
         ok.addr, bad.addr
     );
@@ -1031,7 +1031,7 @@ async fn an_ejected_endpoints_share_is_split_between_the_others() {
     // than the test.
     let cfg = format!(
         "{HEAD}[backends.blue]\nendpoints = [\"{}\", \"{}\", \"{}\"]\n\
-         outlier = {{ consecutive_failures = 1, base_ejection_time = \"60s\" }}\n\n\
+         outlier = {{ consecutive_failures = 1, base_ejection_time = \"60s\", on = [\"5xx\"] }}\n\n\
          [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
         b1.addr, b2.addr, b3.addr
     );

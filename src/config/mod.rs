@@ -70,6 +70,9 @@ pub struct BackendSpec {
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
     pub upstream_tls: UpstreamTls,
+    /// Upstream connections per endpoint and worker thread, open or idle;
+    /// requests past it wait (as many again, up to `timeouts.connect`).
+    pub max_connections: usize,
 }
 
 /// How `https://` endpoints of a backend are verified.

@@ -101,6 +101,8 @@ pub struct RawBackend {
     pub retries: Option<Spanned<i64>>,
     pub retry_on: Option<Spanned<Vec<Str>>>,
     pub retry_buffer_bytes: Option<Spanned<i64>>,
+    /// Upstream connections per endpoint and worker.
+    pub max_connections: Option<Spanned<i64>>,
     pub ca: Option<Str>,
     #[serde(default)]
     pub insecure_skip_verify: bool,

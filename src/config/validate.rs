@@ -415,7 +415,15 @@ impl Validator<'_> {
             ca: raw.ca.as_ref().map(|c| self.dir.join(c.get_ref())),
             insecure_skip_verify: raw.insecure_skip_verify,
         };
+        let max_connections = self.int(
+            &format!("{key}.max_connections"),
+            &raw.max_connections,
+            1024,
+            1,
+            1 << 20,
+        );
         BackendSpec {
+            max_connections,
             name: name.to_owned(),
             endpoints,
             balance,

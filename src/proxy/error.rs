@@ -24,6 +24,9 @@ pub enum ProxyError {
     ClientBody,
     /// Every backend of the route is down.
     NoEndpoint,
+    /// The endpoint's `max_connections` are all busy, and the wait for one
+    /// was too long or too crowded.
+    PoolFull,
     Upstream(UpstreamErrorKind),
     /// No response head within `timeouts.request`.
     RequestTimeout,
@@ -37,7 +40,7 @@ impl ProxyError {
             ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint | ProxyError::PoolFull => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamErrorKind::Timeout) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -58,6 +61,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::ClientBody => "bad request: the request body could not be read\n",
             ProxyError::NoEndpoint => "no backend available\n",
+            ProxyError::PoolFull => "service unavailable: upstream connection limit reached\n",
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
                 "bad gateway: upstream connect failed\n"
             }
@@ -98,7 +102,7 @@ impl ProxyError {
             | ProxyError::ClientBody => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            ProxyError::NoEndpoint => {
+            ProxyError::NoEndpoint | ProxyError::PoolFull => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -120,7 +124,7 @@ pub fn is_client_body(err: &UpstreamError) -> bool {
 pub fn classify(err: &UpstreamError) -> UpstreamErrorKind {
     match err {
         UpstreamError::Connect(ConnectError::Timeout) => UpstreamErrorKind::Timeout,
-        UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+        UpstreamError::Connect(_) | UpstreamError::PoolFull => UpstreamErrorKind::Connect,
         UpstreamError::Http(h) if h.is_parse() || h.is_parse_status() || h.is_user() => {
             UpstreamErrorKind::Protocol
         }

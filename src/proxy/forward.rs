@@ -23,7 +23,7 @@ use crate::metrics::RetryReason;
 use crate::routing::Route;
 use crate::upstream::Endpoint;
 use crate::upstream::endpoint::InFlight;
-use crate::upstream::pool::{Lease, SendError};
+use crate::upstream::pool::{Lease, SendError, UpstreamError};
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
@@ -124,7 +124,11 @@ pub async fn forward<'t>(
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
         let gauge = GaugeGuard::new(this.metrics.in_flight());
-        let sent = tokio::time::timeout_at(deadline, w.client.send(endpoint, req)).await;
+        let sent = tokio::time::timeout_at(
+            deadline,
+            w.client.send(endpoint, req, this.backend.max_connections),
+        )
+        .await;
         let (next_backend, next) = match sent {
             Ok(Ok((resp, mut lease))) => {
                 if let Some(gate) = &gate
@@ -175,6 +179,21 @@ pub async fn forward<'t>(
                 this.metrics.retry(RetryReason::Status5xx);
                 req = copy.request();
                 next
+            }
+            Ok(Err(SendError {
+                error: UpstreamError::PoolFull,
+                ..
+            })) => {
+                // The proxy's own limit: not the endpoint's failure.
+                if let Some(suppressed) = endpoint.warn_gate.allow() {
+                    tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                        max_connections = this.backend.max_connections, suppressed,
+                        "upstream connection limit reached");
+                }
+                return Err(Failed {
+                    err: ProxyError::PoolFull,
+                    backend,
+                });
             }
             Ok(Err(SendError { error, unsent })) => {
                 if is_client_body(&error) {

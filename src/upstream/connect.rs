@@ -76,10 +76,12 @@ fn is_local_io(e: &io::Error) -> bool {
 }
 
 /// Connects to `spec` and returns a sender ready for its first request.
+/// `hold` lives as long as the connection (a pool's count of open ones).
 pub async fn connect(
     spec: &EndpointSpec,
     tls: &TlsConfigs,
     timeout: Duration,
+    hold: impl Send + 'static,
 ) -> Result<Sender, ConnectError> {
     let io = tokio::time::timeout(timeout, transport(spec, tls))
         .await
@@ -93,6 +95,7 @@ pub async fn connect(
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
+        drop(hold);
     });
     Ok(sender)
 }

@@ -151,6 +151,8 @@ pub struct Backend {
     pub balance: Balance,
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
+    /// Upstream connections per endpoint and worker (`pool.rs`).
+    pub max_connections: usize,
     /// Shared by every table that has this backend, so reloads keep it.
     pub budget: Arc<RetryBudget>,
     ejections: IntCounterVec,
@@ -328,6 +330,7 @@ impl EndpointRegistry {
                     balance: b.balance,
                     outlier: b.outlier.clone(),
                     retry: b.retry.clone(),
+                    max_connections: b.max_connections,
                     budget: budgets
                         .entry(b.name.clone())
                         .or_insert_with(|| Arc::new(RetryBudget::new(0.2, 1)))
@@ -370,6 +373,7 @@ mod tests {
                 buffer_bytes: 0,
             },
             upstream_tls: Default::default(),
+            max_connections: 1024,
         }
     }
 

@@ -149,7 +149,7 @@ async fn check_once(
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let check = async {
-        let mut sender = connect(&ep.spec, tls, spec.timeout)
+        let mut sender = connect(&ep.spec, tls, spec.timeout, ())
             .await
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
