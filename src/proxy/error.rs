@@ -22,6 +22,8 @@ pub enum ProxyError {
     NoRoute,
     /// The client's body could not be read while buffering it for retries.
     ClientBody,
+    /// The client sent no body bytes for `timeouts.body_idle`.
+    ClientBodyTimeout,
     /// Every backend of the route is down.
     NoEndpoint,
     Upstream(UpstreamErrorKind),
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamErrorKind::Timeout) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -57,6 +60,7 @@ impl ProxyError {
             ProxyError::BadHost => "bad request: exactly one Host header is required\n",
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::ClientBody => "bad request: the request body could not be read\n",
+            ProxyError::ClientBodyTimeout => "request timeout: the request body stopped arriving\n",
             ProxyError::NoEndpoint => "no backend available\n",
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
                 "bad gateway: upstream connect failed\n"
@@ -94,7 +98,8 @@ impl ProxyError {
         match self {
             ProxyError::AmbiguousFraming
             | ProxyError::UnsupportedTransferCoding
-            | ProxyError::BadHost => {
+            | ProxyError::BadHost
+            | ProxyError::ClientBodyTimeout => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::NoEndpoint => {
