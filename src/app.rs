@@ -255,6 +255,39 @@ fn cert_files(config: &Config) -> Vec<PathBuf> {
 }
 
 /// Serves `path` until SIGTERM or SIGINT, then drains and returns.
+/// Descriptors kept for everything but client connections: listeners,
+/// admin, the watcher, health checks, logs, idle upstream connections.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one, and lowers the
+/// connection limit if the result cannot hold it: a client connection can
+/// hold two descriptors (itself and its upstream connection, or a tunnel's
+/// two ends). Past the limit accept fails for every listener, admin too.
+fn fit_open_files(shared: &Shared, max_connections: usize) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit (RLIMIT_NOFILE)");
+            return;
+        }
+    };
+    let needed = 2 * max_connections as u64 + RESERVED_FDS;
+    if limit < needed {
+        let fits = (limit.saturating_sub(RESERVED_FDS) / 2).max(1) as usize;
+        shared.lower_max_connections(fits);
+        tracing::warn!(
+            open_files = limit,
+            needed,
+            max_connections,
+            lowered_to = fits,
+            "the open-file limit (ulimit -n) cannot hold limits.max_connections at two descriptors each; \
+             serving at most lowered_to connections; raise the hard limit (e.g. LimitNOFILE=) to lift this"
+        );
+    } else {
+        tracing::debug!(open_files = limit, needed, "open-file limit");
+    }
+}
+
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let loaded: Loaded = config::load(path)?;
     let config = loaded.config.clone();
@@ -267,6 +300,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let registry = EndpointRegistry::new(metrics.ejections.clone(), config.workers);
     let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
+    fit_open_files(&shared, config.limits.max_connections);
     shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
     let health = HealthCheckers::new(rt.handle().clone(), shared.upstream_tls.clone());
     health.sync(&shared.table.load().backends, &health_specs(&config));

@@ -140,3 +140,139 @@ async fn http2_connections_that_never_answer_the_close_ping_are_closed() {
         .expect("a new request is served once the slots are free");
     assert_eq!(resp.status, 200);
 }
+
+/// `cutover_connections_open` and the backend's in-flight gauge, summed.
+async fn open_and_in_flight(p: &common::Proxy) -> (f64, f64) {
+    let text = p.metrics().await;
+    (
+        common::metric(&text, "cutover_connections_open", &[]),
+        common::metric(&text, "cutover_requests_in_flight", &[]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408_not_504() {
+    let (b, _g, p) = common::blue_green(100, 0, "\n[timeouts]\nbody_idle = \"500ms\"\n").await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let resp = c.read_response().await.expect("an answer within 10 s");
+    assert_eq!(resp.status, 408, "{}", resp.text());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "answered too early: {took:?}"
+    );
+    assert_eq!(resp.header("connection"), Some("close"));
+    // Not the backend's fault: no upstream error counted.
+    let text = p.metrics().await;
+    assert_eq!(
+        common::metric(&text, "cutover_upstream_errors_total", &[]),
+        0.0,
+        "{text}"
+    );
+    // The upstream connection is released.
+    let released = common::eventually(Duration::from_secs(5), || async {
+        open_and_in_flight(&p).await == (0.0, 0.0)
+    })
+    .await;
+    assert!(released, "{:?}", open_and_in_flight(&p).await);
+    assert_eq!(b.seen(), ["/upload"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_held_for_a_retry_is_bounded_by_body_idle() {
+    // A small idempotent body is buffered (for a retry after a 5xx) before
+    // anything is sent: a client that stops half-way gets 408 there too.
+    let b = common::Backend::start("blue").await;
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [timeouts]\nbody_idle = \"500ms\"\n\n\
+         [backends.blue]\nendpoints = [\"{}\"]\nretry_on = [\"connect\", \"5xx\"]\n\n\
+         [[routes]]\nname = \"app\"\nweights = {{ blue = 1 }}\n",
+        b.addr
+    );
+    let p = common::Proxy::start(&cfg).await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"PUT /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    let resp = c.read_response().await.expect("an answer within 10 s");
+    assert_eq!(resp.status, 408, "{}", resp.text());
+    assert!(b.seen().is_empty(), "{:?}", b.seen());
+    let released = common::eventually(Duration::from_secs(5), || async {
+        open_and_in_flight(&p).await == (0.0, 0.0)
+    })
+    .await;
+    assert!(released, "{:?}", open_and_in_flight(&p).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_large_response_is_cut_off() {
+    let (_b, _g, p) = common::blue_green(100, 0, "\n[timeouts]\nbody_idle = \"500ms\"\n").await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"GET /download/50000000 HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing: the socket buffers fill and the response stops.
+    let busy = common::eventually(Duration::from_secs(5), || async {
+        open_and_in_flight(&p).await == (1.0, 1.0)
+    })
+    .await;
+    assert!(busy, "{:?}", open_and_in_flight(&p).await);
+    let started = Instant::now();
+    let released = common::eventually(Duration::from_secs(10), || async {
+        open_and_in_flight(&p).await == (0.0, 0.0)
+    })
+    .await;
+    assert!(
+        released,
+        "a stalled download still held its connections 10 s later: {:?}",
+        open_and_in_flight(&p).await
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The client sees its connection end short of 50 MB.
+    let got = c.read_until_close(Duration::from_secs(10)).await;
+    assert!(got.len() < 50_000_000, "{}", got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_at_a_zero_window_are_cut_off() {
+    let (_b, _g, p) = common::blue_green(100, 0, "\n[timeouts]\nbody_idle = \"500ms\"\n").await;
+    let tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    // A window of 0: the proxy may send headers, never a byte of body.
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut responses = Vec::new();
+    for _ in 0..5 {
+        let mut client = client.clone().ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}/download/1000000", p.http))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        responses.push(resp);
+    }
+    let pinned = common::eventually(Duration::from_secs(5), || async {
+        open_and_in_flight(&p).await == (1.0, 5.0)
+    })
+    .await;
+    assert!(pinned, "{:?}", open_and_in_flight(&p).await);
+    let released = common::eventually(Duration::from_secs(10), || async {
+        open_and_in_flight(&p).await == (0.0, 0.0)
+    })
+    .await;
+    assert!(
+        released,
+        "streams at a zero window still held their upstream connections: {:?}",
+        open_and_in_flight(&p).await
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
+    drop(responses);
+}

@@ -58,13 +58,116 @@ async fn ws_echo_backend() -> (SocketAddr, Handshakes) {
 }
 
 async fn ws_proxy(ws: SocketAddr) -> Proxy {
+    ws_proxy_with(ws, "").await
+}
+
+/// The WebSocket route, with `extra` config sections appended.
+async fn ws_proxy_with(ws: SocketAddr, extra: &str) -> Proxy {
     let cfg = common::config(
         &[],
         &format!(
-            "[backends.ws]\nendpoints = [\"{ws}\"]\n\n[[routes]]\nname = \"ws\"\nweights = {{ ws = 1 }}\n"
+            "[backends.ws]\nendpoints = [\"{ws}\"]\n\n[[routes]]\nname = \"ws\"\nweights = {{ ws = 1 }}\n{extra}"
         ),
     );
     Proxy::start(&cfg).await
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_ws(p: &Proxy) -> Ws {
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", p.http)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("echo in time")
+        .expect("the tunnel is open")
+        .unwrap();
+    assert_eq!(back, Message::text(text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_against_max_connections_and_admin_still_answers() {
+    let (ws_addr, _) = ws_echo_backend().await;
+    let p = ws_proxy_with(
+        ws_addr,
+        "\n[limits]\nmax_connections = 3\n\n[server]\nworkers = 1\n",
+    )
+    .await;
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        let mut ws = open_ws(&p).await;
+        echo(&mut ws, "hi").await;
+        tunnels.push(ws);
+    }
+    // All three slots are held by tunnels: a fourth connection waits in the
+    // accept queue, and the gauge counts the tunnels.
+    let waiting = tokio::spawn(common::raw::roundtrip(
+        p.http,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a connection past max_connections was served while 3 tunnels were open"
+    );
+    let text = p.metrics().await;
+    assert_eq!(common::metric(&text, "cutover_connections_open", &[]), 3.0);
+    // The admin listener is not the data plane's: it answers.
+    let health = common::client()
+        .get(p.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // A tunnel closes: its slot goes to the waiting connection.
+    tunnels.pop().unwrap().close(None).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a tunnel closed")
+        .unwrap()
+        .expect("a response");
+    // The WebSocket backend drops a plain request: 502, but served.
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    for ws in &mut tunnels {
+        echo(ws, "still open").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tunnel_is_closed_after_tunnel_idle_and_a_busy_one_is_not() {
+    let (ws_addr, _) = ws_echo_backend().await;
+    let p = ws_proxy_with(ws_addr, "\n[timeouts]\ntunnel_idle = \"600ms\"\n").await;
+    let mut busy = open_ws(&p).await;
+    let mut silent = open_ws(&p).await;
+    let started = std::time::Instant::now();
+    // The busy one echoes every 150 ms for twice tunnel_idle.
+    while started.elapsed() < Duration::from_millis(1200) {
+        echo(&mut busy, "tick").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // The silent one was closed (600 ms, checked every 150 ms).
+    let end = tokio::time::timeout(Duration::from_secs(5), silent.next())
+        .await
+        .expect("a silent tunnel was still open 6 s after tunnel_idle");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "unexpected message: {end:?}"
+    );
+    echo(&mut busy, "still open").await;
+    let text = p.metrics().await;
+    assert_eq!(common::metric(&text, "cutover_connections_open", &[]), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

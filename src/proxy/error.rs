@@ -22,6 +22,8 @@ pub enum ProxyError {
     NoRoute,
     /// The client's body could not be read while buffering it for retries.
     ClientBody,
+    /// The client sent no body bytes for `timeouts.body_idle`.
+    ClientBodyTimeout,
     /// Every backend of the route is down.
     NoEndpoint,
     /// The endpoint's `max_connections` are all busy, and the wait for one
@@ -41,6 +43,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoint | ProxyError::PoolFull => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(UpstreamErrorKind::Timeout) | ProxyError::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -60,6 +63,7 @@ impl ProxyError {
             ProxyError::BadHost => "bad request: exactly one Host header is required\n",
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::ClientBody => "bad request: the request body could not be read\n",
+            ProxyError::ClientBodyTimeout => "request timeout: the request body stopped arriving\n",
             ProxyError::NoEndpoint => "no backend available\n",
             ProxyError::PoolFull => "service unavailable: upstream connection limit reached\n",
             ProxyError::Upstream(UpstreamErrorKind::Connect) => {
@@ -99,7 +103,8 @@ impl ProxyError {
             ProxyError::AmbiguousFraming
             | ProxyError::UnsupportedTransferCoding
             | ProxyError::BadHost
-            | ProxyError::ClientBody => {
+            | ProxyError::ClientBody
+            | ProxyError::ClientBodyTimeout => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::NoEndpoint | ProxyError::PoolFull => {

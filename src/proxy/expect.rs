@@ -19,7 +19,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 /// How long the body is held when the backend says nothing.
@@ -69,14 +68,17 @@ impl Gate {
 /// The client's body, held until the gate opens.
 #[derive(Debug)]
 pub struct Held {
-    body: Incoming,
+    body: super::body::ClientBody,
     gate: Arc<Gate>,
     /// Started at the first poll: hyper polls the body once the head is out.
     wait: Option<Pin<Box<Sleep>>>,
 }
 
 /// Holds `req`'s body and has the backend's `100 Continue` open it.
-pub fn hold(req: &mut Request<super::body::RequestBody>, body: Incoming) -> Arc<Gate> {
+pub fn hold(
+    req: &mut Request<super::body::RequestBody>,
+    body: super::body::ClientBody,
+) -> Arc<Gate> {
     let gate = Arc::new(Gate::default());
     let g = gate.clone();
     hyper::ext::on_informational(req, move |resp| {
@@ -96,7 +98,7 @@ impl Held {
     pub fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, super::body::BodyError>>> {
         loop {
             match self.gate.state.load(Ordering::Acquire) {
                 OPEN => {

@@ -5,6 +5,7 @@
 //! backend of the route, within the backend's retry budget.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::body::{GaugeGuard, RequestBody};
+use super::body::{BodyError, ClientBody, GaugeGuard, RequestBody};
 use super::error::{ProxyError, classify, is_client_body};
 use super::expect;
 use super::handler::Worker;
@@ -64,8 +65,12 @@ pub async fn forward<'t>(
     started: Instant,
 ) -> Result<Sent<'t>, Failed> {
     let policy = &route.backends[backend].backend.retry;
-    let deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
+    let mut deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
     to_origin_form(&mut parts);
+    // The client's body, bounded by `body_idle`; while it is still being
+    // sent, the request timeout waits (an upload is not the upstream's).
+    let mut body = ClientBody::new(body, w.shared.timeouts.body_idle);
+    let uploading = (!body.is_end_stream()).then(|| body.sending());
     // A request that never reached a backend comes back whole from the pool,
     // so connect failures retry without a copy. Only 5xx retries need one:
     // the head, and a body small enough to buffer (larger ones stream and
@@ -90,11 +95,13 @@ pub async fn forward<'t>(
             } else {
                 match Limited::new(body, policy.buffer_bytes).collect().await {
                     Ok(b) => Some(b.to_bytes()),
-                    Err(_) => {
-                        return Err(Failed {
-                            err: ProxyError::ClientBody,
-                            backend,
-                        });
+                    Err(e) => {
+                        let err = if BodyError::is_stalled(&*e) {
+                            ProxyError::ClientBodyTimeout
+                        } else {
+                            ProxyError::ClientBody
+                        };
+                        return Err(Failed { err, backend });
                     }
                 }
             };
@@ -124,11 +131,20 @@ pub async fn forward<'t>(
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
         let gauge = GaugeGuard::new(this.metrics.in_flight());
-        let sent = tokio::time::timeout_at(
-            deadline,
-            w.client.send(endpoint, req, this.backend.max_connections),
-        )
-        .await;
+        let send = w.client.send(endpoint, req, this.backend.max_connections);
+        tokio::pin!(send);
+        let sent = loop {
+            match tokio::time::timeout_at(deadline, &mut send).await {
+                Err(_)
+                    if uploading
+                        .as_ref()
+                        .is_some_and(|u| u.load(Ordering::Relaxed)) =>
+                {
+                    deadline = tokio::time::Instant::now() + w.shared.timeouts.request;
+                }
+                sent => break sent,
+            }
+        };
         let (next_backend, next) = match sent {
             Ok(Ok((resp, mut lease))) => {
                 if let Some(gate) = &gate
@@ -192,6 +208,14 @@ pub async fn forward<'t>(
                 }
                 return Err(Failed {
                     err: ProxyError::PoolFull,
+                    backend,
+                });
+            }
+            Ok(Err(SendError { error, .. })) if BodyError::is_stalled(&error) => {
+                tracing::debug!(route = %route.name, timeout = ?w.shared.timeouts.body_idle,
+                    "the client stopped sending its body");
+                return Err(Failed {
+                    err: ProxyError::ClientBodyTimeout,
                     backend,
                 });
             }

@@ -14,7 +14,7 @@ use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::forward::{Failed, Sent, forward};
 use super::headers;
-use super::server::Shared;
+use super::server::{ConnSlot, Shared};
 use super::upgrade;
 use crate::metrics::RouteMetrics;
 use crate::upstream::endpoint::LogGate;
@@ -34,15 +34,19 @@ pub struct ConnInfo {
     /// The client's IP, ready for `X-Forwarded-For`.
     pub client_ip: HeaderValue,
     pub tls: bool,
+    /// The connection's slot of `limits.max_connections`; an upgraded
+    /// tunnel keeps it until the tunnel closes.
+    pub slot: Arc<ConnSlot>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, slot: Arc<ConnSlot>) -> ConnInfo {
         let ip = peer.ip().to_canonical().to_string();
         ConnInfo {
             peer,
             client_ip: HeaderValue::from_str(&ip).expect("an IP is a valid header value"),
             tls,
+            slot,
         }
     }
 }
@@ -197,6 +201,8 @@ pub async fn handle(
                 client,
                 upstream_upgrade,
                 route.name.clone(),
+                conn.slot.clone(),
+                w.shared.timeouts.tunnel_idle,
             ));
         }
     } else {

@@ -184,6 +184,24 @@ impl Activity {
         }
     }
 
+    /// Resolves once no bytes moved for `limit` (checked every quarter of
+    /// it): a silent tunnel.
+    pub async fn silent_for(&self, limit: Duration) {
+        let tick = (limit / 4).max(Duration::from_millis(5));
+        let limit = limit.as_millis() as u64;
+        let mut seen = self.io_events.load(Ordering::Relaxed);
+        let mut moved = now_ms();
+        loop {
+            tokio::time::sleep(tick).await;
+            let (now, events) = (now_ms(), self.io_events.load(Ordering::Relaxed));
+            if events != seen {
+                (seen, moved) = (events, now);
+            } else if now - moved >= limit {
+                return;
+            }
+        }
+    }
+
     /// Bytes arrived. With no request in progress they begin a head.
     fn read(&self) {
         if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {

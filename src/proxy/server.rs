@@ -12,9 +12,10 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -58,6 +59,41 @@ impl Shared {
             timeouts,
             limits,
         }
+    }
+}
+
+impl Shared {
+    /// Lowers the connection limit to `n` (to fit the open-file limit).
+    pub fn lower_max_connections(&self, n: usize) {
+        let max = self.limits.max_connections;
+        if n < max {
+            self.connections.forget_permits(max - n);
+        }
+    }
+}
+
+/// A client connection's slot of `limits.max_connections`, counted in
+/// `cutover_connections_open`, held by the connection and by a tunnel it
+/// was upgraded to, until both have closed.
+#[derive(Debug)]
+pub struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+impl ConnSlot {
+    fn new(permit: OwnedSemaphorePermit, open: &IntGauge) -> Arc<ConnSlot> {
+        open.inc();
+        Arc::new(ConnSlot {
+            _permit: permit,
+            open: open.clone(),
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 
@@ -220,11 +256,9 @@ async fn accept_loop(
         // connection's task is not sized for a TLS session it never has.
         match &tls {
             None => {
-                let conn = Arc::new(ConnInfo::new(peer, false));
-                tracker.spawn(async move {
-                    serve(worker, builder, stream, conn, shutdown).await;
-                    drop(permit);
-                });
+                let slot = ConnSlot::new(permit, &worker.shared.metrics.connections_open);
+                let conn = Arc::new(ConnInfo::new(peer, false, slot));
+                tracker.spawn(serve(worker, builder, stream, conn, shutdown));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -232,7 +266,9 @@ async fn accept_loop(
                     let limit = worker.shared.tls_handshake_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let conn = Arc::new(ConnInfo::new(peer, true));
+                            let open = &worker.shared.metrics.connections_open;
+                            let conn =
+                                Arc::new(ConnInfo::new(peer, true, ConnSlot::new(permit, open)));
                             serve(worker, builder, tls, conn, shutdown).await;
                         }
                         Ok(Err(e)) => {
@@ -240,7 +276,6 @@ async fn accept_loop(
                         }
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
                     }
-                    drop(permit);
                 });
             }
         }
@@ -285,8 +320,6 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let metrics = worker.shared.metrics.clone();
-    metrics.connections_open.inc();
     let t = &worker.shared.timeouts;
     let deadlines = Deadlines {
         idle: t.idle,
@@ -350,5 +383,4 @@ pub async fn serve<I>(
             },
         }
     }
-    metrics.connections_open.dec();
 }
