@@ -15,8 +15,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::Endpoint;
-use super::connect::{ConnectError, Sender, TlsConfigs, connect};
-use crate::proxy::body::RequestBody;
+use super::body::RequestBody;
+use super::connect::{ConnectError, Sender, connect};
 
 /// How long an unused connection stays in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -126,15 +126,13 @@ pub enum UpstreamError {
 /// A worker's way to its endpoints.
 pub struct Client {
     worker: usize,
-    tls: Arc<TlsConfigs>,
     connect_timeout: Duration,
 }
 
 impl Client {
-    pub fn new(worker: usize, tls: Arc<TlsConfigs>, connect_timeout: Duration) -> Client {
+    pub fn new(worker: usize, connect_timeout: Duration) -> Client {
         Client {
             worker,
-            tls,
             connect_timeout,
         }
     }
@@ -163,7 +161,11 @@ impl Client {
         }
         // Boxed: connecting (resolver, TLS handshake) is rare and its future
         // large; unboxed it would grow every request's future.
-        let connecting = Box::pin(connect(&endpoint.spec, &self.tls, self.connect_timeout));
+        let connecting = Box::pin(connect(
+            &endpoint.spec,
+            endpoint.tls.as_ref(),
+            self.connect_timeout,
+        ));
         let mut sender = match connecting.await {
             Ok(s) => s,
             Err(e) => {
