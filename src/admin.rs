@@ -141,7 +141,6 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 fn refresh_endpoint_gauges(app: &App) {
     let table = app.shared.table.load();
     let gauge = &app.metrics().endpoint_healthy;
-    gauge.reset();
     for b in table.backends.iter() {
         for e in b.endpoints.iter() {
             gauge
@@ -149,6 +148,14 @@ fn refresh_endpoint_gauges(app: &App) {
                 .set(i64::from(e.is_available()));
         }
     }
+    // Set every value first, then drop stale series: no scrape may see an
+    // endpoint missing.
+    crate::metrics::retain(gauge, |backend, endpoint| {
+        table
+            .backends
+            .iter()
+            .any(|b| &*b.name == backend && b.endpoints.iter().any(|e| &*e.label == endpoint))
+    });
 }
 
 /// The JSON document of `/admin/state`.

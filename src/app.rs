@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,11 +83,13 @@ impl App {
             Ok(t) => t,
             Err(e) => return self.fail(why, format!("{e:#}")),
         };
+        // Handed to the endpoints the table build creates: TLS settings are
+        // published with the table, in one store.
+        self.registry.set_tls_configs(upstream_tls);
         if certs_ok {
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.warn_restart_only(&loaded.config);
-        self.shared.upstream_tls.store(Arc::new(upstream_tls));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = RoutingTable::build(&loaded, generation, &self.registry, self.metrics());
         let weights = describe_weights(&table);
@@ -172,6 +174,7 @@ impl App {
             ("timeouts", old.timeouts != new.timeouts),
             ("limits", old.limits != new.limits),
             ("server.workers", old.workers != new.workers),
+            ("server.drain_delay", old.drain_delay != new.drain_delay),
             ("metrics.buckets", old.metric_buckets != new.metric_buckets),
         ];
         for (key, _) in changed.iter().filter(|(_, c)| *c) {
@@ -183,28 +186,29 @@ impl App {
     }
 }
 
-/// The client TLS config of every `https://` endpoint, by authority.
+/// The client TLS config of each verification setting `https://` endpoints
+/// use.
 fn upstream_tls(
     config: &Config,
-) -> anyhow::Result<HashMap<http::uri::Authority, Arc<rustls::ClientConfig>>> {
+) -> anyhow::Result<HashMap<crate::config::UpstreamTls, Arc<rustls::ClientConfig>>> {
     let mut map = HashMap::new();
     for b in &config.backends {
-        let https: Vec<_> = b
+        if !b
             .endpoints
             .iter()
-            .filter(|e| e.scheme == http::uri::Scheme::HTTPS)
-            .collect();
-        if https.is_empty() {
+            .any(|e| e.scheme == http::uri::Scheme::HTTPS)
+        {
             continue;
         }
         if b.upstream_tls.insecure_skip_verify {
             tracing::warn!(backend = %b.name, "insecure_skip_verify: upstream certificates are NOT verified");
         }
+        if map.contains_key(&b.upstream_tls) {
+            continue;
+        }
         let client = crate::tls::client_config(&b.upstream_tls)
             .with_context(|| format!("backends.{}", b.name))?;
-        for e in https {
-            map.insert(e.authority.clone(), client.clone());
-        }
+        map.insert(b.upstream_tls.clone(), client);
     }
     Ok(map)
 }
@@ -246,11 +250,17 @@ fn describe_weights(table: &RoutingTable) -> String {
         .join("; ")
 }
 
-/// The certificate and key files a config names.
+/// The certificate and key files a config names, and the backends' CA
+/// bundles (a rotated CA reloads like a rotated certificate).
 fn cert_files(config: &Config) -> Vec<PathBuf> {
     let certs = config.tls.iter().flat_map(|t| t.certs.iter());
+    let cas = config
+        .backends
+        .iter()
+        .filter_map(|b| b.upstream_tls.ca.clone());
     certs
         .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .chain(cas)
         .collect()
 }
 
@@ -298,11 +308,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .build()?;
     let metrics = Arc::new(Metrics::new(&config.metric_buckets));
     let registry = EndpointRegistry::new(metrics.ejections.clone(), config.workers);
+    registry.set_tls_configs(upstream_tls(&config)?);
     let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
     fit_open_files(&shared, config.limits.max_connections);
-    shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
-    let health = HealthCheckers::new(rt.handle().clone(), shared.upstream_tls.clone());
+    let health = HealthCheckers::new(rt.handle().clone());
     health.sync(&shared.table.load().backends, &health_specs(&config));
     let http = config.listen_http.context("listen.http is required")?;
     let listeners = Listeners::bind(http, config.workers)
@@ -357,11 +367,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             app.analysis.clone(),
             app.shared.clone(),
         ));
-        let _watcher = config::watch::spawn(app.clone())?;
+        let _watcher = config::watch::spawn(app.clone()).await?;
         wait_for_stop(&app).await?;
 
-        tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");
+        // `/readyz` answers 503 first, for `server.drain_delay`, while the
+        // listeners still serve: load balancers stop sending before the
+        // listeners close. A second signal skips the wait.
         app.draining.store(true, Ordering::Relaxed);
+        if !config.drain_delay.is_zero() {
+            tracing::info!(delay = ?config.drain_delay, "shutting down: /readyz reports draining; listeners close after the delay");
+            let _ = tokio::time::timeout(config.drain_delay, wait_for_stop(&app)).await;
+        }
+        tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");
         let _ = stop.send(true);
         let joined = tokio::task::spawn_blocking(move || {
             for w in workers {
@@ -381,8 +398,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_stop(app: &App) -> anyhow::Result<()> {
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT. A reload runs on a
+/// blocking thread (reloads queue on `App::reloading`), so a slow file
+/// system never delays the next signal.
+async fn wait_for_stop(app: &Arc<App>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -390,10 +409,20 @@ async fn wait_for_stop(app: &App) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => app.reload("SIGHUP"),
+            _ = hup.recv() => {
+                let app = app.clone();
+                tokio::task::spawn_blocking(move || app.reload("SIGHUP"));
+            }
         }
     }
 }
 
-/// How long the watcher waits for a burst of file events to settle.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+impl config::watch::Reloader for App {
+    fn reload(&self, why: &str) {
+        App::reload(self, why);
+    }
+
+    fn watched_files(&self) -> Vec<PathBuf> {
+        App::watched_files(self)
+    }
+}

@@ -30,9 +30,13 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a config file: exit 0 if valid, 1 with file:line:col errors if not.
+    /// Secrets that cannot be read here (`*_file`, `*_env`) are warnings.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Treat secrets that cannot be resolved as errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run an embedded config with two built-in demo backends, blue and green.
     Demo {
@@ -82,9 +86,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Run { config } => cutover::app::run(&config),
-        Command::Check { config } => cutover::config::load(&config)
-            .map(|_| println!("{}: ok", config.display()))
-            .map_err(Into::into),
+        Command::Check { config, strict } => check(&config, strict),
         Command::Demo { http, admin } => cutover::demo::run(http, admin),
         Command::Set {
             config,
@@ -103,6 +105,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Validates the file; then resolves its secrets, which may be readable
+/// only where the proxy runs: a warning unless `strict`.
+fn check(path: &std::path::Path, strict: bool) -> anyhow::Result<()> {
+    let (_, mut config) = cutover::config::read(path)?;
+    match cutover::config::secrets::resolve(&mut config) {
+        Ok(()) => {}
+        Err(e) if strict => return Err(e.into()),
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("warning: {line}");
+            }
+        }
+    }
+    println!("{}: ok", path.display());
+    Ok(())
 }
 
 fn edit_and_print(

@@ -14,6 +14,37 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+/// Removes the series of a `(route|backend, backend|endpoint)` gauge whose
+/// two labels `keep` rejects, leaving every other series untouched.
+pub fn retain(gauge: &IntGaugeVec, keep: impl Fn(&str, &str) -> bool) {
+    use prometheus::core::Collector;
+    // Label pairs come sorted by name; the vec wants them in its own
+    // order, which `desc` gives.
+    let names: Vec<String> = gauge
+        .desc()
+        .first()
+        .map(|d| d.variable_labels.clone())
+        .unwrap_or_default();
+    for family in gauge.collect() {
+        for m in family.get_metric() {
+            let values: Vec<&str> = names
+                .iter()
+                .filter_map(|name| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value())
+                })
+                .collect();
+            if let [a, b] = values[..]
+                && !keep(a, b)
+            {
+                let _ = gauge.remove_label_values(&[a, b]);
+            }
+        }
+    }
+}
+
 /// Why an upstream exchange failed; also the `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -295,9 +326,14 @@ impl Metrics {
         }))
     }
 
-    /// Drops the weight series of routes or backends no longer configured.
-    pub fn forget_weights(&self) {
-        self.weight.reset();
+    /// Drops the weight series of routes or backends no longer configured
+    /// (call after setting the new ones: nothing in force ever disappears).
+    pub fn forget_weights(&self, routes: &[crate::config::RouteSpec]) {
+        retain(&self.weight, |route, backend| {
+            routes
+                .iter()
+                .any(|r| r.name == route && r.weights.iter().any(|(b, _)| b == backend))
+        });
     }
 
     /// The text exposition of every metric.

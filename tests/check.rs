@@ -195,9 +195,149 @@ fn the_shipped_example_config_is_valid() {
 
 #[test]
 fn each_kind_of_bad_config_points_at_its_location_and_exits_1() {
+    assert_each_case(CASES);
+}
+
+/// What would fail only later, at run time or for users (issue 13, items 8
+/// and 12): each is caught by `check`.
+const LATER_FAILURES: &[Case] = &[
+    Case {
+        what: "drain without a cookie secret (a forged cookie reaches weight 0)",
+        edit: (
+            "weights = { blue = 90, green = 10 }\n",
+            "weights = { blue = 90, green = 10 }\nsticky = { cookie = \"cutover\" }\ndrain = true\n",
+        ),
+        at: ("{ cookie = \"cutover\" }", 0),
+        check_col: true,
+        mentions: "drain = true needs a cookie secret",
+    },
+    Case {
+        what: "health path that is not a request target",
+        edit: (
+            "endpoints = [\"127.0.0.1:9001\"]\n",
+            "endpoints = [\"127.0.0.1:9001\"]\nhealth = { path = \"/health check\" }\n",
+        ),
+        at: ("\"/health check\"", 0),
+        check_col: true,
+        mentions: "backends.blue.health.path",
+    },
+    Case {
+        what: "duration past the maximum (deadline arithmetic would overflow)",
+        edit: ("connect = \"1s\"", "connect = \"500000000years\""),
+        at: ("\"500000000years\"", 0),
+        check_col: true,
+        mentions: "timeouts.connect",
+    },
+    Case {
+        what: "duration just past 365 days",
+        edit: ("request = \"60s\"", "request = \"366days\""),
+        at: ("\"366days\"", 0),
+        check_col: true,
+        mentions: "maximum of 365 days",
+    },
+    Case {
+        what: "two routes with the same host and path_prefix",
+        edit: ("path_prefix = \"/api\"", "path_prefix = \"/\""),
+        at: ("\"/\"", 0),
+        check_col: true,
+        mentions: "routes[1]: same host and path_prefix",
+    },
+    Case {
+        what: "routes on one host sharing a cookie with different secrets",
+        edit: (
+            "weights = { blue = 90, green = 10 }\n\n[[routes]]\nname = \"api\"\n",
+            "weights = { blue = 90, green = 10 }\nsticky = { cookie = \"s\", secret = \"a\" }\n\n[[routes]]\nname = \"api\"\nsticky = { cookie = \"s\", secret = \"b\" }\n",
+        ),
+        at: ("\"s\"", 1),
+        check_col: true,
+        mentions: "routes[1].sticky.cookie",
+    },
+    Case {
+        what: "routes on one host sharing a cookie with different drain settings",
+        edit: (
+            "weights = { blue = 90, green = 10 }\n\n[[routes]]\nname = \"api\"\n",
+            "weights = { blue = 90, green = 10 }\nsticky = { cookie = \"s\", secret = \"a\" }\ndrain = true\n\n[[routes]]\nname = \"api\"\nsticky = { cookie = \"s\", secret = \"a\" }\n",
+        ),
+        at: ("\"s\"", 1),
+        check_col: true,
+        mentions: "routes[1].sticky.cookie",
+    },
+];
+
+#[test]
+fn what_would_fail_later_is_caught_by_check() {
+    assert_each_case(LATER_FAILURES);
+}
+
+#[test]
+fn the_same_cookie_with_the_same_settings_on_two_routes_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    let text = BASE.replace(
+        "weights = { blue = 90, green = 10 }\n\n[[routes]]\nname = \"api\"\n",
+        "weights = { blue = 90, green = 10 }\nsticky = { cookie = \"s\", secret = \"a\" }\n\n[[routes]]\nname = \"api\"\nsticky = { cookie = \"s\", secret = \"a\" }\n",
+    );
+    assert_ne!(text, BASE);
+    std::fs::write(&path, text).unwrap();
+    let (code, out) = check(&path);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+/// Secrets read from a file or the environment may exist only where the
+/// proxy runs: `check` warns (exit 0) and `check --strict` fails (exit 1),
+/// both naming the key at its location.
+#[test]
+fn unresolvable_secrets_are_warnings_and_errors_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    let text = BASE.replace(
+        "name = \"api\"\n",
+        "name = \"api\"\nsticky = { cookie = \"k\", secret_env = \"CUTOVER_CHECK_UNSET_SECRET\" }\noverride = { header = \"x-force\", token_file = \"missing-token\" }\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let run = |strict: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        cmd.args(["check", "--config"]).arg(&path);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = cmd
+            .env_remove("CUTOVER_CHECK_UNSET_SECRET")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = path.display().to_string();
+    let (l1, c1) = line_col(
+        &text,
+        nth_offset(&text, "\"CUTOVER_CHECK_UNSET_SECRET\"", 0),
+    );
+    let (l2, c2) = line_col(&text, nth_offset(&text, "\"missing-token\"", 0));
+    let env_at = format!(
+        "{file}:{l1}:{c1}: routes[1].sticky.secret_env: environment variable CUTOVER_CHECK_UNSET_SECRET is not set"
+    );
+    let file_at = format!("{file}:{l2}:{c2}: routes[1].override.token_file: cannot read");
+
+    let (code, out, err) = run(false);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(err.contains(&format!("warning: {env_at}")), "{err}");
+    assert!(err.contains(&format!("warning: {file_at}")), "{err}");
+
+    let (code, out, err) = run(true);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains(&env_at) && err.contains(&file_at), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+fn assert_each_case(cases: &[Case]) {
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
-    for (i, case) in CASES.iter().enumerate() {
+    for (i, case) in cases.iter().enumerate() {
         assert!(
             BASE.contains(case.edit.0),
             "{}: edit does not apply",

@@ -31,6 +31,7 @@ sticky = { cookie = "cutover", max_age = "1h" }
 # The API keeps its own split.
 [[routes]]
 name = "api"
+path_prefix = "/api"
 [routes.weights]
 blue  =  70   # most
 green = 30
@@ -400,4 +401,126 @@ fn concurrent_sets_on_different_routes_both_land() {
             );
         }
     }
+}
+
+/// The proxy reads its secrets where it runs; the operator's shell may
+/// not see them. `set` and `rollback` validate the text without resolving
+/// `secret_env`, `secret_file`, `token_env` or `token_file` (issue 13,
+/// item 2): a rollback must work exactly when it is urgent.
+#[test]
+fn set_and_rollback_work_without_the_proxys_secrets() {
+    let text = TWO_ROUTES
+        .replace(
+            "sticky = { cookie = \"cutover\", max_age = \"1h\" }",
+            "sticky = { cookie = \"cutover\", max_age = \"1h\", secret_env = \"CUTOVER_EDIT_UNSET_SECRET\" }\noverride = { header = \"x-force\", token_file = \"/nonexistent/token\" }",
+        )
+        .replace(
+            "name = \"api\"\n",
+            "name = \"api\"\nsticky = { cookie = \"api\", secret_file = \"no-such-secret\" }\n",
+        );
+    assert_ne!(text, TWO_ROUTES);
+    let (_d, path) = file_with(&text);
+    let run = |args: &[&str]| {
+        Command::new(common::proxy::bin())
+            .args(&args[..1])
+            .arg("--config")
+            .arg(&path)
+            .args(&args[1..])
+            .env_remove("CUTOVER_EDIT_UNSET_SECRET")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["set", "--route", "app", "blue=50", "green=50"]);
+    assert!(o.status.success(), "set: {}", stderr(&o));
+    let o = run(&["rollback", "--to", "blue"]);
+    assert!(o.status.success(), "rollback: {}", stderr(&o));
+    let want = replaced(
+        &text,
+        &[
+            ("blue = 90,", "blue = 100,"),
+            ("green=10 }", "green=0 }"),
+            ("blue  =  70 ", "blue  =  100 "),
+            ("green = 30\n", "green = 0\n"),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+    // A structural error is still refused.
+    let o = run(&["set", "--route", "app", "purple=1"]);
+    assert!(!o.status.success());
+}
+
+/// A root-run edit keeps the file's owner and group, not only its mode,
+/// so the proxy's user can still read it.
+#[test]
+fn owner_and_group_are_kept() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, path) = file_with(TWO_ROUTES);
+    let me = std::fs::metadata(&path).unwrap();
+    // Another owner than ours when we can (root); otherwise our own, which
+    // still checks that the gid is not replaced by the default group.
+    let (uid, gid) = if me.uid() == 0 {
+        (4242, 4343)
+    } else {
+        (me.uid(), me.gid())
+    };
+    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = cutover(&["rollback", "--to", "blue"], &path);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = std::fs::metadata(&path).unwrap();
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("blue = 100,")
+    );
+    assert_eq!(
+        (after.uid(), after.gid()),
+        (uid, gid),
+        "owner:group changed"
+    );
+    assert_eq!(after.permissions().mode() & 0o7777, 0o640);
+}
+
+/// `rollback --to blue` without `--route` rolls back every route that has
+/// blue and names the ones it skipped; naming a route without blue fails.
+#[test]
+fn rollback_skips_and_names_routes_without_the_backend() {
+    let text = format!(
+        "{TWO_ROUTES}\n\n[backends.red]\nendpoints = [\"127.0.0.1:9003\"]\n\n[[routes]]\nname = \"new\"\npath_prefix = \"/new\"\nweights = {{ red = 1 }}\n"
+    );
+    let (_d, path) = file_with(&text);
+    let o = cutover(&["rollback", "--to", "blue"], &path);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "app: blue 90 -> 100, green 10 -> 0\napi: blue 70 -> 100, green 30 -> 0\nnew: skipped (no backend \"blue\")\n"
+    );
+    let got = std::fs::read_to_string(&path).unwrap();
+    assert!(got.contains("blue = 100,") && got.contains("weights = { red = 1 }"));
+    let o = cutover(&["rollback", "--to", "blue", "--route", "new"], &path);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no backend \"blue\""), "{}", stderr(&o));
+}
+
+/// A file with mixed line endings keeps each line's own ending.
+#[test]
+fn mixed_line_endings_are_kept() {
+    // CRLF in the first half, LF in the second.
+    let split = TWO_ROUTES.find("[[routes]]").unwrap();
+    let mixed = format!(
+        "{}{}",
+        TWO_ROUTES[..split].replace('\n', "\r\n"),
+        &TWO_ROUTES[split..]
+    );
+    let (_d, path) = file_with(&mixed);
+    let o = cutover(&["set", "--route", "api", "blue=50", "green=50"], &path);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = replaced(
+        &mixed,
+        &[
+            ("blue  =  70 ", "blue  =  50 "),
+            ("green = 30\n", "green = 50\n"),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
 }

@@ -870,3 +870,104 @@ async fn sighup_rereads_a_rotated_token_file() {
         forced("old-token").await == "green"
     );
 }
+
+/// While reloads rebuild the weight gauges, a scrape never finds the
+/// weight of a backend in force missing (issue 13, item 15): new values
+/// are set before stale series are removed. 40 routes, so that rebuilding
+/// them all takes long enough for a scrape to land in between.
+#[tokio::test]
+async fn scrapes_during_reloads_always_see_every_weight() {
+    const ROUTES: usize = 40;
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let text = |blue: u32, green: u32| {
+        let routes: String = (0..ROUTES)
+            .map(|i| {
+                format!(
+                    "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}\"\nweights = {{ blue = {blue}, green = {green} }}\n"
+                )
+            })
+            .collect();
+        common::config(&[("blue", &[&b]), ("green", &[&g])], &routes)
+    };
+    let p = Proxy::start(&text(60, 40)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let url = p.admin_url("/metrics");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let c = common::client();
+            let (mut scrapes, mut short) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(r) = c.get(&url).send().await else {
+                    continue;
+                };
+                let text = r.text().await.unwrap_or_default();
+                scrapes += 1;
+                let weights = text
+                    .lines()
+                    .filter(|l| l.starts_with("cutover_backend_weight{"))
+                    .count();
+                if weights != 2 * ROUTES {
+                    short.push(weights);
+                }
+            }
+            (scrapes, short)
+        })
+    };
+    // Alternate two files (a reload only happens when the content changes),
+    // each change also announced by SIGHUP.
+    for i in 0..100 {
+        let (blue, green) = if i % 2 == 0 { (40, 60) } else { (60, 40) };
+        p.write_config(&text(blue, green));
+        sighup(&p);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (scrapes, short) = scraper.await.unwrap();
+    println!("{scrapes} scrapes during 100 file changes and 100 SIGHUPs");
+    assert!(scrapes > 20, "only {scrapes} scrapes");
+    assert!(
+        short.is_empty(),
+        "scrapes with fewer than {} weight series: {short:?}",
+        2 * ROUTES
+    );
+}
+
+/// A SIGHUP reload runs on a blocking thread, not on the control runtime
+/// (issue 13, item 15): a reload stuck reading a `token_file` that is a
+/// FIFO nobody writes must not stop `/healthz` or `/admin/state`.
+#[tokio::test]
+async fn a_sighup_reload_stuck_on_a_file_does_not_block_the_admin_listener() {
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("override-token");
+    std::fs::write(&token, "a-token\n").unwrap();
+    let text = cfg(&b, &g, 100, 0)
+        + &format!(
+            "override = {{ header = \"x-cutover-backend\", token_file = \"{}\" }}\n",
+            token.display()
+        );
+    let p = Proxy::start(&text).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    std::fs::remove_file(&token).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&token)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    sighup(&p);
+    // Give the reload time to reach the FIFO and block there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/healthz", "/admin/state", "/healthz"] {
+        let r = c.get(p.admin_url(path)).send().await;
+        assert!(
+            r.is_ok_and(|r| r.status() == 200),
+            "{path} did not answer while a reload is blocked"
+        );
+    }
+    assert_eq!(served(&c, &p).await.as_deref(), Ok("blue"));
+}

@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use common::raw::RawConn;
 
+/// Appended after the route: these tests time the shutdown itself, not
+/// the `server.drain_delay` before it.
+const NO_DELAY: &str = "\n[server]\ndrain_delay = \"0s\"\n";
+
 /// Whether a new TCP connection to `addr` is refused (or reset at once).
 async fn refused(addr: std::net::SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
@@ -14,7 +18,7 @@ async fn refused(addr: std::net::SocketAddr) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
-    let (b, _g, mut p) = common::blue_green(100, 0, "").await;
+    let (b, _g, mut p) = common::blue_green(100, 0, NO_DELAY).await;
     let addr = p.http;
     // An idle keep-alive connection, which must not hold the exit back.
     let mut idle = RawConn::connect(addr).await;
@@ -78,7 +82,7 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_nothing_in_flight_exits_0_promptly() {
-    let (_b, _g, mut p) = common::blue_green(100, 0, "").await;
+    let (_b, _g, mut p) = common::blue_green(100, 0, NO_DELAY).await;
     // An idle HTTP/1.1 keep-alive connection (pooled by reqwest) ...
     let client = common::client();
     let resp = client.get(p.url("/")).send().await.unwrap();
@@ -119,7 +123,7 @@ async fn sigterm_with_nothing_in_flight_exits_0_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_an_h2_stream_lets_it_finish() {
     // HTTP/2: GOAWAY, the open stream completes.
-    let (b, _g, mut p) = common::blue_green(100, 0, "").await;
+    let (b, _g, mut p) = common::blue_green(100, 0, NO_DELAY).await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
@@ -148,7 +152,7 @@ async fn sigterm_during_an_h2_stream_lets_it_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_drains_like_sigterm() {
-    let (b, _g, mut p) = common::blue_green(100, 0, "").await;
+    let (b, _g, mut p) = common::blue_green(100, 0, NO_DELAY).await;
     let client = common::client();
     let url = p.url("/sleep/1000");
     let in_flight = tokio::spawn(async move {
@@ -178,7 +182,12 @@ async fn sigint_drains_like_sigterm() {
 async fn the_drain_deadline_bounds_the_wait() {
     // drain = 500ms, a request that would take 10 s: the proxy exits 0 soon
     // after the deadline instead of waiting for it.
-    let (b, _g, mut p) = common::blue_green(100, 0, "\n[timeouts]\ndrain = \"500ms\"\n").await;
+    let (b, _g, mut p) = common::blue_green(
+        100,
+        0,
+        &format!("{NO_DELAY}\n[timeouts]\ndrain = \"500ms\"\n"),
+    )
+    .await;
     let client = common::client();
     let url = p.url("/sleep/10000");
     let in_flight =
@@ -239,7 +248,7 @@ async fn an_open_websocket_is_drained_not_cut() {
     let cfg = common::config(
         &[],
         &format!(
-            "[timeouts]\ndrain = \"3s\"\n\n[backends.ws]\nendpoints = [\"{ws_addr}\"]\n\n\
+            "[server]\ndrain_delay = \"0s\"\n\n[timeouts]\ndrain = \"3s\"\n\n[backends.ws]\nendpoints = [\"{ws_addr}\"]\n\n\
              [[routes]]\nname = \"ws\"\nweights = {{ ws = 1 }}\n"
         ),
     );
@@ -278,4 +287,50 @@ async fn an_open_websocket_is_drained_not_cut() {
         "took {:?}",
         signalled.elapsed()
     );
+}
+
+/// `/readyz` says 503 as soon as SIGTERM arrives, while the listeners keep
+/// serving for `server.drain_delay`, so a load balancer stops sending
+/// before anything is refused (issue 13, item 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_draining_before_the_listeners_close() {
+    let (_b, _g, mut p) =
+        common::blue_green(100, 0, "\n[server]\ndrain_delay = \"1500ms\"\n").await;
+    let client = common::client();
+    let readyz = async |c: &reqwest::Client| {
+        c.get(p.admin_url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
+    };
+    assert_eq!(readyz(&client).await, Some(200));
+    let signalled = Instant::now();
+    p.terminate();
+    assert!(
+        common::eventually(Duration::from_secs(1), || async {
+            readyz(&client).await == Some(503)
+        })
+        .await,
+        "/readyz did not report draining"
+    );
+    // Within the delay, new connections are still accepted and served.
+    let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = fresh.get(p.url("/")).send().await;
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "too slow to check inside the delay; rerun on a less loaded machine"
+    );
+    assert_eq!(resp.map(|r| r.status().as_u16()).ok(), Some(200));
+    // Then the listener closes and the process exits 0.
+    assert!(
+        common::eventually(Duration::from_secs(5), || refused(p.http)).await,
+        "the listener did not close after the delay"
+    );
+    assert!(signalled.elapsed() >= Duration::from_millis(1400));
+    let status = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("exits");
+    assert_eq!(status.code(), Some(0));
 }

@@ -1439,3 +1439,105 @@ async fn health_checks_reach_https_endpoints_through_the_backends_ca() {
         "the check's verdict is shown in /admin/state: {state}"
     );
 }
+
+/// Issue 13, item 13: the content of a backend's `ca` file is part of what
+/// a reload compares, so a rotated CA takes effect (the CA file is watched
+/// like the certificates), and connections pooled under the old CA are not
+/// reused: with a CA that does not sign the backend's certificate, the
+/// next request fails verification instead of riding a pooled connection.
+#[tokio::test]
+async fn a_rotated_ca_takes_effect_and_pooled_connections_are_not_reused() {
+    let ca = TestCa::new("upstream ca");
+    let other = TestCa::new("another ca");
+    let addr = tls_backend("up", &ca.leaf(&["localhost"])).await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+        https_backend("up", addr.port(), "ca = \"ca.pem\""),
+        route("up", "/", "up"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, &text).unwrap();
+    let p = Proxy::start_at(dir, path, &[]).await;
+    let c = common::client();
+    let status = |c: &reqwest::Client| {
+        let url = p.url("/x");
+        let c = c.clone();
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    // Served, and the upstream connection is now pooled.
+    for _ in 0..3 {
+        assert_eq!(status(&c).await, Some(200));
+    }
+    // The CA file alone changes (the config text does not).
+    replace_file(&ca_path, &other.pem);
+    let rejected = common::eventually(Duration::from_secs(10), || async {
+        status(&c).await == Some(502)
+    })
+    .await;
+    assert!(
+        rejected,
+        "the rotated CA never took effect (pooled connection or no reload)"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            status(&c).await,
+            Some(502),
+            "a connection verified under the old CA was reused"
+        );
+    }
+    // And back.
+    replace_file(&ca_path, &ca.pem);
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            status(&c).await == Some(200)
+        })
+        .await
+    );
+}
+
+/// Turning verification on (`insecure_skip_verify` removed, a CA that
+/// does not sign the backend) must not leave connections made without
+/// verification in the pool.
+#[tokio::test]
+async fn turning_verification_on_drops_connections_made_without_it() {
+    let ca = TestCa::new("upstream ca");
+    let other = TestCa::new("another ca");
+    let addr = tls_backend("up", &ca.leaf(&["localhost"])).await;
+    let text = |extra: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+            https_backend("up", addr.port(), extra),
+            route("up", "/", "up"),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("other.pem"), &other.pem).unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, text("insecure_skip_verify = true")).unwrap();
+    let p = Proxy::start_at(dir, path, &[]).await;
+    let c = common::client();
+    let status = || {
+        let url = p.url("/x");
+        let c = c.clone();
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    for _ in 0..3 {
+        assert_eq!(status().await, Some(200));
+    }
+    p.write_config(&text("ca = \"other.pem\""));
+    let generation_2 = common::eventually(Duration::from_secs(10), || async {
+        p.state().await["config"]["generation"] == 2
+    })
+    .await;
+    assert!(generation_2, "the edit was not loaded");
+    for i in 0..5 {
+        assert_eq!(
+            status().await,
+            Some(502),
+            "request {i}: an unverified pooled connection was reused"
+        );
+    }
+}

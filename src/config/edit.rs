@@ -45,7 +45,6 @@ pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result
         fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
     // toml_edit writes "\n" and drops a byte-order mark: put both back.
     let bom = before.starts_with('\u{feff}');
-    let crlf = before.contains("\r\n");
     let mut doc: DocumentMut =
         before
             .trim_start_matches('\u{feff}')
@@ -54,15 +53,13 @@ pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result
                 anyhow::anyhow!("{}: {}", path.display(), e.message())
             })?;
     let changes = edit_routes(&mut doc, route, &edit)?;
-    let mut after = doc.to_string();
-    if crlf {
-        after = after.replace("\r\n", "\n").replace('\n', "\r\n");
-    }
+    let mut after = restore_line_endings(before.trim_start_matches('\u{feff}'), &doc.to_string());
     if bom {
         after.insert(0, '\u{feff}');
     }
-    // The same validation as `cutover check`, against the file's own
-    // directory for relative secret files.
+    // The same validation as `cutover check`, without resolving secrets:
+    // the operator's shell need not see the proxy's secret files or
+    // environment, least of all during a rollback.
     super::parse(&target, &after).map_err(|e| {
         anyhow::anyhow!("the edited config would be invalid; file left unchanged:\n{e}")
     })?;
@@ -90,6 +87,7 @@ fn edit_routes(
     };
     let mut changes = Vec::new();
     let mut matched = false;
+    let mut rolled_back = false;
     let mut listed = std::collections::HashSet::new();
     for table in tables {
         let name = table
@@ -121,8 +119,14 @@ fn edit_routes(
             }
             Edit::Rollback { to } => {
                 if !old.iter().any(|(k, _)| k == to) {
-                    bail!("route \"{name}\" has no backend \"{to}\" in its weights");
+                    if only.is_some() {
+                        bail!("route \"{name}\" has no backend \"{to}\" in its weights");
+                    }
+                    // Roll back every route that has `to`; name the others.
+                    changes.push(format!("{name}: skipped (no backend \"{to}\")"));
+                    continue;
                 }
+                rolled_back = true;
                 for (backend, _) in &old {
                     set_weight(weights, backend, if backend == to { 100 } else { 0 });
                 }
@@ -136,6 +140,11 @@ fn edit_routes(
     }
     if !matched {
         bail!("no route named \"{}\"", only.unwrap_or_default());
+    }
+    if let Edit::Rollback { to } = edit
+        && !rolled_back
+    {
+        bail!("no route has backend \"{to}\" in its weights");
     }
     if let (Edit::Set(pairs), None) = (edit, only)
         && let Some((missing, _)) = pairs.iter().find(|(b, _)| !listed.contains(b.as_str()))
@@ -174,17 +183,86 @@ fn describe(route: &str, old: &[(String, i64)], new: &[(String, i64)]) -> String
     format!("{route}: {}", parts.join(", "))
 }
 
-/// Temp file in the same directory, fsync, keep permissions, rename over,
-/// fsync the directory.
+/// Gives each line of `after` (which toml_edit wrote with "\n") the line
+/// ending its line had in `before`, so a file with mixed endings keeps them.
+/// Lines correspond one to one, except lines the edit inserted (a new
+/// weight under `[routes.weights]`), which take their neighbour's ending.
+fn restore_line_endings(before: &str, after: &str) -> String {
+    let old: Vec<(&str, &str)> = before.split_inclusive('\n').map(split_ending).collect();
+    let normalized = after.replace("\r\n", "\n");
+    let new: Vec<(&str, &str)> = normalized.split_inclusive('\n').map(split_ending).collect();
+    let mut extra = new.len().saturating_sub(old.len());
+    let last = old
+        .iter()
+        .rev()
+        .find(|(_, e)| !e.is_empty())
+        .map_or("\n", |(_, e)| *e);
+    let mut out = String::with_capacity(after.len() + old.len());
+    let mut j = 0;
+    for (i, (line, ending)) in new.iter().enumerate() {
+        let inserted = extra > 0
+            && old.get(j).is_some_and(|(o, _)| o != line)
+            && new.get(i + 1).map(|(n, _)| n) == old.get(j).map(|(o, _)| o);
+        let theirs = if inserted {
+            extra -= 1;
+            j.checked_sub(1).and_then(|k| old.get(k))
+        } else {
+            j += 1;
+            old.get(j - 1)
+        };
+        out.push_str(line);
+        if !ending.is_empty() {
+            out.push_str(
+                theirs
+                    .map(|(_, e)| *e)
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or(last),
+            );
+        }
+    }
+    out
+}
+
+/// `("a = 1", "\r\n")` from `"a = 1\r\n"`.
+fn split_ending(line: &str) -> (&str, &str) {
+    if let Some(l) = line.strip_suffix("\r\n") {
+        (l, "\r\n")
+    } else if let Some(l) = line.strip_suffix('\n') {
+        (l, "\n")
+    } else {
+        (line, "")
+    }
+}
+
+/// Temp file in the same directory, fsync, keep owner, group and
+/// permissions, rename over, fsync the directory.
 fn write_atomically(target: &Path, dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let perms = fs::metadata(target)?.permissions();
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(target)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".cutover-edit-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)?;
+    // A root-run rollback must not leave a file the proxy's user cannot
+    // read. Owner before mode: chown may clear set-id bits.
+    if let Err(e) = std::os::unix::fs::fchown(tmp.as_file(), Some(meta.uid()), Some(meta.gid())) {
+        // Not root and not the owner: rewrite the file in place instead,
+        // which keeps its owner, group and mode (a reader may then see a
+        // partial file once; the watcher rereads after the next event).
+        tracing::warn!(error = %e, "cannot keep the file's owner on a new file; rewriting it in place");
+        drop(tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(target)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        return Ok(());
+    }
+    fs::set_permissions(tmp.path(), meta.permissions())?;
     tmp.as_file().sync_all()?;
-    fs::set_permissions(tmp.path(), perms)?;
     let target: PathBuf = target.to_path_buf();
     tmp.persist(&target)
         .with_context(|| format!("cannot replace {}", target.display()))?;
@@ -223,5 +301,40 @@ mod tests {
         );
         assert!(doc.to_string().contains("blue = 100 # one\n"));
         assert!(edit_routes(&mut doc, Some("nope"), &Edit::Rollback { to: "blue" }).is_err());
+    }
+
+    #[test]
+    fn mixed_line_endings_are_kept_line_by_line() {
+        let before = "a = 1\r\nb = 2\n[t]\r\nc = 3\n";
+        assert_eq!(
+            restore_line_endings(before, "a = 1\nb = 5\n[t]\nc = 3\n"),
+            before.replace("b = 2", "b = 5")
+        );
+        // An inserted line takes its neighbour's ending.
+        assert_eq!(
+            restore_line_endings(before, "a = 1\nb = 2\n[t]\nc = 3\nd = 4\n"),
+            "a = 1\r\nb = 2\n[t]\r\nc = 3\nd = 4\n"
+        );
+        assert_eq!(
+            restore_line_endings(before, "a = 1\nb = 2\n[t]\nz = 0\nc = 3\n"),
+            "a = 1\r\nb = 2\n[t]\r\nz = 0\r\nc = 3\n"
+        );
+        assert_eq!(restore_line_endings("a = 1", "a = 2"), "a = 2");
+    }
+
+    #[test]
+    fn rollback_skips_and_names_routes_without_the_backend() {
+        let text = "[[routes]]\nname = \"app\"\nweights = { blue = 0, green = 1 }\n[[routes]]\nname = \"new\"\nweights = { green = 1 }\n";
+        let mut doc: DocumentMut = text.parse().unwrap();
+        let changes = edit_routes(&mut doc, None, &Edit::Rollback { to: "blue" }).unwrap();
+        assert_eq!(
+            changes,
+            [
+                "app: blue 0 -> 100, green 1 -> 0",
+                "new: skipped (no backend \"blue\")"
+            ]
+        );
+        assert!(edit_routes(&mut doc, Some("new"), &Edit::Rollback { to: "blue" }).is_err());
+        assert!(edit_routes(&mut doc, None, &Edit::Rollback { to: "red" }).is_err());
     }
 }

@@ -8,6 +8,7 @@ mod raw;
 mod validate;
 
 pub mod edit;
+pub mod secrets;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 
 pub use error::{ConfigError, Diagnostic};
+pub use secrets::{SecretRef, SecretSource};
 pub use validate::parse_endpoint;
 
 /// A validated configuration: everything parsed, nothing left to check.
@@ -31,6 +33,9 @@ pub struct Config {
     pub limits: Limits,
     /// Worker threads (one runtime and one listener socket each).
     pub workers: usize,
+    /// On SIGTERM, how long `/readyz` says 503 before the listeners close,
+    /// so load balancers stop sending first (`server.drain_delay`).
+    pub drain_delay: std::time::Duration,
     pub metric_buckets: Vec<f64>,
     /// Sorted by name.
     pub backends: Vec<BackendSpec>,
@@ -76,11 +81,16 @@ pub struct BackendSpec {
 }
 
 /// How `https://` endpoints of a backend are verified.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct UpstreamTls {
     /// PEM CA bundle; `None`: the system's roots.
     pub ca: Option<PathBuf>,
     pub insecure_skip_verify: bool,
+    /// SHA-256 of the `ca` file's content, filled in by
+    /// [`secrets::resolve`]: a rotated CA is a different setting, so a
+    /// reload applies it and connections verified under the old one are
+    /// not reused.
+    pub ca_digest: Option<String>,
 }
 
 /// Active health checks of every endpoint of a backend.
@@ -207,14 +217,20 @@ pub struct StickySpec {
     pub max_age: Option<Duration>,
     pub header: Option<HeaderName>,
     pub hash_seed: u64,
+    /// The cookie signing key, once resolved (see [`secrets`]).
     pub secret: Option<Vec<u8>>,
+    /// Where the secret comes from, when one is configured.
+    pub secret_from: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone)]
 pub struct OverrideSpec {
     pub header: Option<HeaderName>,
     pub cookie: Option<String>,
+    /// The override token, once resolved (see [`secrets`]).
     pub token: Option<String>,
+    /// Where the token comes from, when one is configured.
+    pub token_from: Option<SecretRef>,
 }
 
 /// A config as loaded from disk, with what `/admin/state` reports about it.
@@ -228,13 +244,11 @@ pub struct Loaded {
     pub fingerprint: String,
 }
 
-/// Reads, parses and validates a config file.
+/// Reads, parses and validates a config file and resolves its secrets:
+/// what `cutover run` and every reload need.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let config = parse(path, &text)?;
+    let (text, mut config) = read(path)?;
+    secrets::resolve(&mut config)?;
     let fingerprint = fingerprint(&text, &config);
     Ok(Loaded {
         config,
@@ -244,14 +258,35 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
+/// Reads, parses and validates a config file without resolving secrets
+/// (see [`secrets::resolve`]): a pure function of the file's text.
+pub fn read(path: &Path) -> Result<(String, Config), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = parse(path, &text)?;
+    Ok((text, config))
+}
+
 /// Parses and validates config text; `path` names it in errors and anchors
-/// relative `*_file` paths.
+/// relative `*_file` paths. Reads nothing: secrets stay unresolved.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     validate::parse(path, text)
 }
 
 fn fingerprint(text: &str, config: &Config) -> String {
     let mut input = text.as_bytes().to_vec();
+    for b in &config.backends {
+        input.push(0);
+        input.extend_from_slice(
+            b.upstream_tls
+                .ca_digest
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
     for r in &config.routes {
         for secret in [
             r.sticky.as_ref().and_then(|s| s.secret.as_deref()),

@@ -83,6 +83,7 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub workers: Option<Spanned<i64>>,
+    pub drain_delay: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

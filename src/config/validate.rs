@@ -17,14 +17,18 @@ use super::raw::{
 };
 use super::{
     BackendSpec, Balance, CertSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec,
-    HostMatch, Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, StickySpec, Timeouts,
-    TlsSpec, UpstreamTls,
+    HostMatch, Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, SecretRef, SecretSource,
+    StickySpec, Timeouts, TlsSpec, UpstreamTls,
 };
 
 /// HTTP/2 streams per connection at most: each may hold a request in
 /// flight, an upstream connection and `max_send_buf_size` of buffered
 /// response (nginx's default is 128, HAProxy's 100).
 const MAX_CONCURRENT_STREAMS: i64 = 1_000;
+
+/// The longest any duration key may be: deadlines are computed as
+/// `now + duration` and must neither panic nor wrap.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const DEFAULT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -178,6 +182,13 @@ impl Validator<'_> {
             Some(w) if *w.get_ref() == 0 => cores,
             _ => self.int("server.workers", &raw.server.workers, cores, 1, 1024),
         };
+        // Zero is allowed: no delay.
+        let drain_delay = match &raw.server.drain_delay {
+            Some(d) if humantime::parse_duration(d.get_ref()).is_ok_and(|d| d.is_zero()) => {
+                Duration::ZERO
+            }
+            d => self.duration("server.drain_delay", d, 2),
+        };
         let metric_buckets = match &raw.metrics.buckets {
             None => DEFAULT_BUCKETS.to_vec(),
             Some(b) => {
@@ -219,6 +230,7 @@ impl Validator<'_> {
             }
             routes.push(self.route(i, r.get_ref(), &known));
         }
+        self.route_clashes(&raw, &routes);
         Config {
             listen_http,
             listen_https,
@@ -227,9 +239,58 @@ impl Validator<'_> {
             timeouts,
             limits,
             workers,
+            drain_delay,
             metric_buckets,
             backends,
             routes,
+        }
+    }
+
+    /// Routes that cannot both work: the same host and `path_prefix` (the
+    /// later one would never match), and routes a browser may visit with
+    /// one cookie jar sharing a sticky cookie name with a different secret
+    /// or drain setting (each would reset or distrust the other's cookie).
+    fn route_clashes(&mut self, raw: &RawConfig, routes: &[RouteSpec]) {
+        for (i, r) in routes.iter().enumerate() {
+            let Some(spanned) = raw.routes.get(i) else {
+                continue;
+            };
+            let rr = spanned.get_ref();
+            if let Some(j) = routes[..i]
+                .iter()
+                .position(|o| o.host == r.host && o.path_prefix == r.path_prefix)
+            {
+                let at = rr.path_prefix.as_ref().unwrap_or(&rr.name);
+                self.error(
+                    at,
+                    format!(
+                        "routes[{i}]: same host and path_prefix \"{}\" as routes[{j}] (\"{}\"), so it would never match",
+                        r.path_prefix, routes[j].name
+                    ),
+                );
+            }
+            let Some(cookie) = r.sticky.as_ref().and_then(|s| s.cookie.as_ref()) else {
+                continue;
+            };
+            let clash = routes[..i].iter().enumerate().find(|(_, o)| {
+                hosts_overlap(&o.host, &r.host)
+                    && o.sticky.as_ref().is_some_and(|s| {
+                        s.cookie.as_ref() == Some(cookie)
+                            && (o.drain != r.drain || !same_secret(s, r.sticky.as_ref()))
+                    })
+            });
+            if let (Some((j, other)), Some(at)) = (
+                clash,
+                rr.sticky.as_ref().and_then(|s| s.get_ref().cookie.as_ref()),
+            ) {
+                self.error(
+                    at,
+                    format!(
+                        "routes[{i}].sticky.cookie: \"{cookie}\" is also the cookie of routes[{j}] (\"{}\") on an overlapping host, with a different secret or drain setting; use another cookie name or the same settings",
+                        other.name
+                    ),
+                );
+            }
         }
     }
 
@@ -275,6 +336,16 @@ impl Validator<'_> {
             return Duration::from_secs(default_secs);
         };
         match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.error(
+                    s,
+                    format!(
+                        "{key}: \"{}\" is longer than the maximum of 365 days",
+                        s.get_ref()
+                    ),
+                );
+                Duration::from_secs(default_secs)
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.error(s, format!("{key}: must be greater than zero"));
@@ -414,6 +485,7 @@ impl Validator<'_> {
         let upstream_tls = UpstreamTls {
             ca: raw.ca.as_ref().map(|c| self.dir.join(c.get_ref())),
             insecure_skip_verify: raw.insecure_skip_verify,
+            ca_digest: None,
         };
         let max_connections = self.int(
             &format!("{key}.max_connections"),
@@ -440,6 +512,16 @@ impl Validator<'_> {
             self.error(
                 &h.path,
                 format!("{key}.path: \"{}\" must start with '/'", h.path.get_ref()),
+            );
+        } else if h.path.get_ref().parse::<http::Uri>().is_err() || h.path.get_ref().contains('#') {
+            // What the checker sends: an origin-form request target
+            // (RFC 9112 §3.2.1), so no spaces, controls or fragment.
+            self.error(
+                &h.path,
+                format!(
+                    "{key}.path: \"{}\" is not a valid request target (encode spaces and other special characters as %XX)",
+                    h.path.get_ref()
+                ),
             );
         }
         let mut expected_status = Vec::new();
@@ -590,6 +672,20 @@ impl Validator<'_> {
             );
         }
         let sticky = r.sticky.as_ref().map(|s| self.sticky(&key, s));
+        if let (true, Some(raw), Some(s)) = (r.drain, &r.sticky, &sticky)
+            && s.cookie.is_some()
+            && s.secret_from.is_none()
+        {
+            // In drain mode the cookie names the backend that last served
+            // the user, and that backend is honoured at weight 0: unsigned,
+            // anyone could write `cutover=1.green` and reach it.
+            self.error(
+                raw,
+                format!(
+                    "{key}.sticky: drain = true needs a cookie secret (secret, secret_file or secret_env): an unsigned cookie could name a backend at weight 0 and reach it"
+                ),
+            );
+        }
         let overrides = r.overrides.as_ref().map(|o| self.overrides(&key, o));
         RouteSpec {
             name: r.name.get_ref().clone(),
@@ -733,7 +829,7 @@ impl Validator<'_> {
             .as_ref()
             .map(|_| self.duration(&format!("{key}.sticky.max_age"), &raw.max_age, 0));
         let hash_seed = raw.hash_seed.as_ref().map_or(0, |n| *n.get_ref() as u64);
-        let secret = self.secret(
+        let (secret, secret_from) = self.secret(
             &format!("{key}.sticky"),
             s,
             &raw.secret,
@@ -747,6 +843,7 @@ impl Validator<'_> {
             header,
             hash_seed,
             secret: secret.map(String::into_bytes),
+            secret_from,
         }
     }
 
@@ -760,7 +857,7 @@ impl Validator<'_> {
             .cookie
             .as_ref()
             .map(|c| self.cookie_name(&format!("{key}.override.cookie"), c));
-        let token = self.secret(
+        let (token, token_from) = self.secret(
             &format!("{key}.override"),
             o,
             &raw.token,
@@ -772,10 +869,12 @@ impl Validator<'_> {
             header,
             cookie,
             token,
+            token_from,
         }
     }
 
-    /// Reads a secret given inline, as `<what>_file`, or as `<what>_env`.
+    /// Where a secret given inline, as `<what>_file` or as `<what>_env` comes
+    /// from, and its value if inline. Reads nothing: see `secrets.rs`.
     fn secret<T>(
         &mut self,
         key: &str,
@@ -784,51 +883,41 @@ impl Validator<'_> {
         file: &Option<Str>,
         env: &Option<Str>,
         what: &str,
-    ) -> Option<String> {
+    ) -> (Option<String>, Option<SecretRef>) {
         let given = [inline.is_some(), file.is_some(), env.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
             self.error(
                 at,
                 format!("{key}: set only one of {what}, {what}_file, {what}_env"),
             );
-            return None;
+            return (None, None);
         }
-        let (value, from) = if let Some(s) = inline {
-            (Some(s.get_ref().clone()), s)
+        let (source, from, name) = if let Some(s) = inline {
+            if s.get_ref().is_empty() {
+                self.error(s, format!("{key}.{what}: must not be empty"));
+                return (None, None);
+            }
+            (SecretSource::Inline, s, what.to_owned())
         } else if let Some(f) = file {
             let path = self.dir.join(f.get_ref());
-            match std::fs::read_to_string(&path) {
-                Ok(text) => (Some(text.trim_end_matches(['\n', '\r']).to_owned()), f),
-                Err(e) => {
-                    self.error(
-                        f,
-                        format!("{key}.{what}_file: cannot read {}: {e}", path.display()),
-                    );
-                    return None;
-                }
-            }
-        } else if let Some(name) = env {
-            match std::env::var(name.get_ref()) {
-                Ok(v) => (Some(v), name),
-                Err(_) => {
-                    self.error(
-                        name,
-                        format!(
-                            "{key}.{what}_env: environment variable {} is not set",
-                            name.get_ref()
-                        ),
-                    );
-                    return None;
-                }
-            }
+            (SecretSource::File(path), f, format!("{what}_file"))
+        } else if let Some(e) = env {
+            (
+                SecretSource::Env(e.get_ref().clone()),
+                e,
+                format!("{what}_env"),
+            )
         } else {
-            return None;
+            return (None, None);
         };
-        if value.as_deref().is_some_and(str::is_empty) {
-            self.error(from, format!("{key}.{what}: must not be empty"));
-            return None;
-        }
-        value
+        let value = inline.as_ref().map(|s| s.get_ref().clone());
+        let at = Diagnostic::at(&self.file, self.text, from.span().start, String::new());
+        let secret = SecretRef {
+            source,
+            key: format!("{key}.{name}"),
+            at,
+        };
+        (value, Some(secret))
     }
 
     fn header_name(&mut self, key: &str, h: &Str) -> Option<HeaderName> {
@@ -890,6 +979,26 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .map_or(0, |i| i + 1);
     Some(&before[start..]).filter(|k| !k.is_empty())
+}
+
+/// Whether one browser may send the same cookies to both host matches.
+fn hosts_overlap(a: &HostMatch, b: &HostMatch) -> bool {
+    let under = |name: &str, suffix: &str| name == suffix || name.ends_with(&format!(".{suffix}"));
+    match (a, b) {
+        (HostMatch::Any, _) | (_, HostMatch::Any) => true,
+        (HostMatch::Exact(x), HostMatch::Exact(y)) => x == y,
+        (HostMatch::Suffix(s), HostMatch::Exact(e))
+        | (HostMatch::Exact(e), HostMatch::Suffix(s)) => under(e, s),
+        (HostMatch::Suffix(x), HostMatch::Suffix(y)) => under(x, y) || under(y, x),
+    }
+}
+
+/// The same signing key, as written (sources, not resolved values: this
+/// must hold without reading secrets).
+fn same_secret(a: &StickySpec, b: Option<&StickySpec>) -> bool {
+    let Some(b) = b else { return false };
+    let source = |s: &StickySpec| s.secret_from.as_ref().map(|r| r.source.clone());
+    source(a) == source(b) && a.secret == b.secret
 }
 
 fn valid_name(s: &str) -> bool {

@@ -18,12 +18,12 @@ use hyper::body::Incoming;
 
 use super::body::{BodyError, ClientBody, GaugeGuard, RequestBody};
 use super::error::{ProxyError, classify, is_client_body};
-use super::expect;
 use super::handler::Worker;
 use crate::metrics::RetryReason;
 use crate::routing::Route;
 use crate::upstream::Endpoint;
 use crate::upstream::endpoint::InFlight;
+use crate::upstream::expect;
 use crate::upstream::pool::{Lease, SendError, UpstreamError};
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");

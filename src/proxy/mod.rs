@@ -5,7 +5,6 @@
 
 pub mod body;
 pub mod error;
-pub mod expect;
 pub mod forward;
 pub mod handler;
 pub mod headers;

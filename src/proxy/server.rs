@@ -24,7 +24,6 @@ use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked};
 use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
-use crate::upstream::connect::TlsConfigs;
 use crate::upstream::pool::Client;
 
 /// State shared by every worker thread.
@@ -35,8 +34,6 @@ pub struct Shared {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub tls_handshake_timeout: std::time::Duration,
-    /// Client configs for `https://` endpoints, swapped on reload.
-    pub upstream_tls: Arc<TlsConfigs>,
     connections: Arc<Semaphore>,
 }
 
@@ -54,7 +51,6 @@ impl Shared {
                 .tls
                 .as_ref()
                 .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
-            upstream_tls: Arc::default(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             timeouts,
             limits,
@@ -174,7 +170,7 @@ async fn worker(
 ) {
     let tracker = TaskTracker::new();
     let worker = Arc::new(Worker {
-        client: Client::new(id, shared.upstream_tls.clone(), shared.timeouts.connect),
+        client: Client::new(id, shared.timeouts.connect),
         shared: shared.clone(),
         tracker: tracker.clone(),
     });

@@ -82,7 +82,6 @@ impl RoutingTable {
                 .expect("validated: route backends exist")
                 .clone()
         };
-        metrics.forget_weights();
         let mut matcher = Matcher::default();
         let routes = config
             .routes
@@ -139,6 +138,9 @@ impl RoutingTable {
                 }
             })
             .collect();
+        // Stale weight series go only after the new values are set, so a
+        // scrape during a reload never finds a weight missing.
+        metrics.forget_weights(&config.routes);
         RoutingTable {
             generation,
             source: Source {

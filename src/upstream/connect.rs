@@ -2,14 +2,16 @@
 //! resolver), TCP connect, TLS for `https://` (the backend's client config,
 //! SNI = the endpoint's host), all within the connect timeout; then an
 //! HTTP/1.1 handshake whose connection task runs on the calling runtime.
+//!
+//! The TLS client config travels with the endpoint (see
+//! [`super::Endpoint::tls`]), so it is published in the same routing table
+//! snapshot: a request on an older table never looks it up in a newer map.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -20,12 +22,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
+use super::body::RequestBody;
 use crate::config::EndpointSpec;
-use crate::proxy::body::RequestBody;
-
-/// The TLS client config of every `https://` endpoint, by authority; swapped
-/// on reload, used by new connections only.
-pub type TlsConfigs = ArcSwap<HashMap<Authority, Arc<ClientConfig>>>;
 
 /// The sending half of an upstream HTTP/1.1 connection.
 pub type Sender = http1::SendRequest<RequestBody>;
@@ -79,7 +77,7 @@ fn is_local_io(e: &io::Error) -> bool {
 /// `hold` lives as long as the connection (a pool's count of open ones).
 pub async fn connect(
     spec: &EndpointSpec,
-    tls: &TlsConfigs,
+    tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
     hold: impl Send + 'static,
 ) -> Result<Sender, ConnectError> {
@@ -102,17 +100,13 @@ pub async fn connect(
 
 async fn transport(
     spec: &EndpointSpec,
-    tls: &TlsConfigs,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> Result<Either<TcpStream, TlsStream<TcpStream>>, ConnectError> {
     let tcp = tcp(&spec.authority, spec.scheme == Scheme::HTTPS).await?;
     if spec.scheme != Scheme::HTTPS {
         return Ok(Either::Left(tcp));
     }
-    let config = tls
-        .load()
-        .get(&spec.authority)
-        .cloned()
-        .ok_or(ConnectError::NoTlsConfig)?;
+    let config = tls.cloned().ok_or(ConnectError::NoTlsConfig)?;
     let host = spec.authority.host().trim_matches(['[', ']']).to_owned();
     let name = ServerName::try_from(host)
         .map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;

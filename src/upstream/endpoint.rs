@@ -13,7 +13,7 @@ use prometheus::IntCounterVec;
 
 use super::budget::RetryBudget;
 use super::pool::Pools;
-use crate::config::{BackendSpec, Balance, EndpointSpec, OutlierSpec, RetrySpec};
+use crate::config::{BackendSpec, Balance, EndpointSpec, OutlierSpec, RetrySpec, UpstreamTls};
 
 /// Milliseconds on a process-wide monotonic clock; never 0.
 pub fn now_ms() -> u64 {
@@ -42,6 +42,9 @@ pub struct Endpoint {
     pub health_detail: Mutex<String>,
     /// Idle keep-alive connections, a list per worker thread.
     pub pools: Pools,
+    /// How an `https://` endpoint is verified; fixed for the endpoint's
+    /// life: a change of TLS settings makes a new endpoint (and pool).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Endpoint {
@@ -58,6 +61,7 @@ impl Endpoint {
             warn_gate: LogGate::default(),
             eject_gate: LogGate::default(),
             health_detail: Mutex::new("no active check".into()),
+            tls: None,
         }
     }
 
@@ -283,7 +287,11 @@ impl Backend {
 /// Keeps one [`Endpoint`] per (backend, address) across reloads.
 #[derive(Debug)]
 pub struct EndpointRegistry {
-    known: Mutex<HashMap<(String, EndpointSpec), Arc<Endpoint>>>,
+    /// Keyed by TLS settings too: connections verified under other settings
+    /// (another CA, verification turned on) are never reused.
+    known: Mutex<HashMap<(String, EndpointSpec, UpstreamTls), Arc<Endpoint>>>,
+    /// The client config of each TLS setting in use, set before each build.
+    tls: Mutex<HashMap<UpstreamTls, Arc<rustls::ClientConfig>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
     ejections: IntCounterVec,
     /// Worker threads, each with its own pool per endpoint.
@@ -295,9 +303,16 @@ impl EndpointRegistry {
         EndpointRegistry {
             workers,
             known: Mutex::default(),
+            tls: Mutex::default(),
             budgets: Mutex::default(),
             ejections,
         }
+    }
+
+    /// The client configs the next [`Self::backends`] gives new `https://`
+    /// endpoints, by the settings they were built from.
+    pub fn set_tls_configs(&self, configs: HashMap<UpstreamTls, Arc<rustls::ClientConfig>>) {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = configs;
     }
 
     /// Builds the backends of a new config, reusing the state of endpoints
@@ -306,6 +321,7 @@ impl EndpointRegistry {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        let tls = self.tls.lock().unwrap_or_else(|p| p.into_inner());
         budgets.retain(|name, _| specs.iter().any(|b| &b.name == name));
         let backends = specs
             .iter()
@@ -314,9 +330,12 @@ impl EndpointRegistry {
                     .endpoints
                     .iter()
                     .map(|spec| {
-                        let key = (b.name.clone(), spec.clone());
+                        let key = (b.name.clone(), spec.clone(), b.upstream_tls.clone());
                         let ep = known.remove(&key).unwrap_or_else(|| {
-                            let ep = Endpoint::new(spec.clone(), self.workers);
+                            let mut ep = Endpoint::new(spec.clone(), self.workers);
+                            if spec.scheme == http::uri::Scheme::HTTPS {
+                                ep.tls = tls.get(&b.upstream_tls).cloned();
+                            }
                             ep.set_healthy(!b.health.as_ref().is_some_and(|h| h.start_unhealthy));
                             Arc::new(ep)
                         });

@@ -10,29 +10,29 @@ use http::{HeaderValue, Request, StatusCode, Uri, header};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
-use super::connect::{TlsConfigs, connect};
+use super::body::RequestBody;
+use super::connect::connect;
 use super::{Backend, Endpoint};
 use crate::config::{EndpointSpec, HealthSpec};
-use crate::proxy::body::RequestBody;
 
 struct Checker {
     spec: HealthSpec,
+    /// The endpoint checked: a reload that changes its TLS settings makes a
+    /// new one, which needs a checker of its own.
+    endpoint: Arc<Endpoint>,
     task: AbortHandle,
 }
 
 pub struct HealthCheckers {
     runtime: Handle,
-    /// The same TLS client configs as the proxy's upstream connections.
-    tls: Arc<TlsConfigs>,
     running: Mutex<HashMap<(Arc<str>, EndpointSpec), Checker>>,
 }
 
 impl HealthCheckers {
     /// Checkers run on `runtime`; each check opens a connection of its own.
-    pub fn new(runtime: Handle, tls: Arc<TlsConfigs>) -> HealthCheckers {
+    pub fn new(runtime: Handle) -> HealthCheckers {
         HealthCheckers {
             runtime,
-            tls,
             running: Mutex::default(),
         }
     }
@@ -48,19 +48,19 @@ impl HealthCheckers {
             for ep in b.endpoints.iter() {
                 let key = (b.name.clone(), ep.spec.clone());
                 let checker = match running.remove(&key) {
-                    Some(c) if c.spec == *spec => c,
+                    Some(c) if c.spec == *spec && Arc::ptr_eq(&c.endpoint, ep) => c,
                     old => {
                         if let Some(old) = old {
                             old.task.abort();
                         }
                         let task = self.runtime.spawn(check_loop(
-                            self.tls.clone(),
                             b.name.clone(),
                             ep.clone(),
                             spec.clone(),
                         ));
                         Checker {
                             spec: spec.clone(),
+                            endpoint: ep.clone(),
                             task: task.abort_handle(),
                         }
                     }
@@ -92,7 +92,7 @@ impl HealthCheckers {
     }
 }
 
-async fn check_loop(tls: Arc<TlsConfigs>, backend: Arc<str>, ep: Arc<Endpoint>, spec: HealthSpec) {
+async fn check_loop(backend: Arc<str>, ep: Arc<Endpoint>, spec: HealthSpec) {
     let uri: Uri = match spec.path.parse() {
         Ok(u) => u,
         Err(e) => {
@@ -104,7 +104,7 @@ async fn check_loop(tls: Arc<TlsConfigs>, backend: Arc<str>, ep: Arc<Endpoint>, 
     tokio::time::sleep(spec.interval.mul_f64(fastrand::f64())).await;
     let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
     loop {
-        let verdict = check_once(&tls, &uri, &ep, &spec).await;
+        let verdict = check_once(&uri, &ep, &spec).await;
         let detail = match &verdict {
             Ok(status) => format!("GET {} -> {}", spec.path, status.as_u16()),
             Err(why) => format!("GET {} -> {why}", spec.path),
@@ -130,12 +130,7 @@ async fn check_loop(tls: Arc<TlsConfigs>, backend: Arc<str>, ep: Arc<Endpoint>, 
     }
 }
 
-async fn check_once(
-    tls: &TlsConfigs,
-    uri: &Uri,
-    ep: &Endpoint,
-    spec: &HealthSpec,
-) -> Result<StatusCode, String> {
+async fn check_once(uri: &Uri, ep: &Endpoint, spec: &HealthSpec) -> Result<StatusCode, String> {
     let mut req = Request::new(RequestBody::Empty);
     *req.uri_mut() = uri.clone();
     let h = req.headers_mut();
@@ -149,7 +144,7 @@ async fn check_once(
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let check = async {
-        let mut sender = connect(&ep.spec, tls, spec.timeout, ())
+        let mut sender = connect(&ep.spec, ep.tls.as_ref(), spec.timeout, ())
             .await
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;

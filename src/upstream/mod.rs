@@ -1,9 +1,12 @@
 //! Upstreams: endpoint state shared across reloads (`endpoint`), opening
-//! connections (`connect`) and keeping them per worker (`pool`).
+//! connections (`connect`) and keeping them per worker (`pool`), and the
+//! request body sent on them (`body`).
 
+pub mod body;
 pub mod budget;
 pub mod connect;
 pub mod endpoint;
+pub mod expect;
 pub mod health;
 pub mod pool;
 

@@ -25,8 +25,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::Endpoint;
-use super::connect::{ConnectError, Sender, TlsConfigs, connect};
-use crate::proxy::body::RequestBody;
+use super::body::RequestBody;
+use super::connect::{ConnectError, Sender, connect};
 
 /// How long an unused connection stays in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -190,15 +190,13 @@ impl UpstreamError {
 /// A worker's way to its endpoints.
 pub struct Client {
     worker: usize,
-    tls: Arc<TlsConfigs>,
     connect_timeout: Duration,
 }
 
 impl Client {
-    pub fn new(worker: usize, tls: Arc<TlsConfigs>, connect_timeout: Duration) -> Client {
+    pub fn new(worker: usize, connect_timeout: Duration) -> Client {
         Client {
             worker,
-            tls,
             connect_timeout,
         }
     }
@@ -261,7 +259,7 @@ impl Client {
         // large; unboxed it would grow every request's future.
         let connecting = Box::pin(connect(
             &endpoint.spec,
-            &self.tls,
+            endpoint.tls.as_ref(),
             self.connect_timeout,
             open,
         ));

@@ -1,0 +1,179 @@
+//! The body of a request sent upstream. It lives here, below `proxy`, so
+//! that `upstream` (pools, health checks) depends on nothing above it;
+//! `proxy::body` re-exports it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// What is sent upstream: the client's body as it arrives, a small body
+/// buffered so that a retry can send it again, or nothing.
+#[derive(Debug)]
+pub enum RequestBody {
+    Streaming(ClientBody),
+    /// The client's body, held until the backend answers `100 Continue`.
+    Expecting(Box<super::expect::Held>),
+    Buffered(Option<Bytes>),
+    Empty,
+}
+
+/// Why a client's request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the client's body: {0}")]
+    Client(#[source] hyper::Error),
+    /// No byte of it arrived for `timeouts.body_idle` while one was wanted.
+    #[error("the client sent no body bytes for {0:?}")]
+    Stalled(Duration),
+}
+
+impl BodyError {
+    /// Whether `e` or one of its sources is [`BodyError::Stalled`].
+    pub fn is_stalled(mut e: &(dyn std::error::Error + 'static)) -> bool {
+        loop {
+            if let Some(BodyError::Stalled(_)) = e.downcast_ref::<BodyError>() {
+                return true;
+            }
+            match e.source() {
+                Some(s) => e = s,
+                None => return false,
+            }
+        }
+    }
+}
+
+/// The client's request body, with a no-progress deadline: while the
+/// upstream waits for bytes and none arrive for `body_idle`, it fails with
+/// [`BodyError::Stalled`] (the client gets 408). The timer is allocated only
+/// when the body first has to wait, and reset only when it waits again
+/// after progress. `sending` is false once it ended or was dropped, so the
+/// request timeout does not run during an upload.
+#[derive(Debug)]
+pub struct ClientBody {
+    body: Incoming,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+    sending: Option<Arc<AtomicBool>>,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, idle: Duration) -> ClientBody {
+        ClientBody {
+            body,
+            idle,
+            timer: None,
+            moved: true,
+            sending: None,
+        }
+    }
+
+    /// A flag that stays true while this body is being sent.
+    pub fn sending(&mut self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(!self.body.is_end_stream()));
+        self.sending = Some(flag.clone());
+        flag
+    }
+
+    fn ended(&mut self) {
+        if let Some(s) = self.sending.take() {
+            s.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.ended();
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.moved = true;
+                if frame.is_none() || this.body.is_end_stream() {
+                    this.ended();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Client)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let deadline = tokio::time::Instant::now() + idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if std::mem::take(&mut this.moved) {
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.ended();
+                        Poll::Ready(Some(Err(BodyError::Stalled(idle))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Expecting(h) => h.poll_frame(cx),
+            RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming(b) => b.is_end_stream(),
+            RequestBody::Expecting(h) => h.is_end_stream(),
+            RequestBody::Buffered(b) => b.is_none(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming(b) => b.size_hint(),
+            RequestBody::Expecting(h) => h.size_hint(),
+            RequestBody::Buffered(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
