@@ -69,7 +69,11 @@ fn config(blue: SocketAddr, green: &str, route_extra: &str) -> String {
     )
 }
 
-/// Sends requests from `workers` loops until dropped.
+/// Requests per second of the load: "a few hundred", as a release sees.
+const RATE: u64 = 400;
+
+/// Sends about [`RATE`] requests per second from `workers` loops until
+/// dropped.
 struct Load {
     stop: Arc<AtomicBool>,
     pub sent: Arc<AtomicU64>,
@@ -81,9 +85,12 @@ impl Load {
         let sent = Arc::new(AtomicU64::new(0));
         for _ in 0..workers {
             let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
+            let period = Duration::from_micros(1_000_000 * workers as u64 / RATE);
             tokio::spawn(async move {
                 let client = common::client();
+                let mut pace = tokio::time::interval(period);
                 while !stop.load(Ordering::Relaxed) {
+                    pace.tick().await;
                     let _ = client.get(&url).send().await.map(|r| r.status());
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -185,6 +192,27 @@ async fn a_green_with_3_percent_500s_fails_on_errors() {
     assert!(first.starts_with("error rate 3."), "{c:#}");
     assert!(c["error_rate_difference"]["lower"].as_f64().unwrap_or(0.0) > 0.01);
     assert_eq!(c["srm"]["alarm"], false, "{c:#}");
+    // `cutover report` as a CI gate: exit 1 on fail, the reason printed.
+    let (code, out) = report(&p);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("error rate 3."),
+        "{out}"
+    );
+}
+
+/// Runs `cutover report --admin URL --route app`: (exit code, stdout).
+fn report(p: &Proxy) -> (Option<i32>, String) {
+    let out = Command::new(common::proxy::bin())
+        .args(["report", "--route", "app", "--admin"])
+        .arg(p.admin_url(""))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if std::env::var_os("SHOW_REPORT").is_some() {
+        eprintln!("{text}");
+    }
+    (out.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +240,8 @@ async fn an_identical_green_never_fails() {
         .await
         .expect("gate answers");
     assert_eq!(gate.status(), 200);
+    let (code, out) = report(&p);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
