@@ -177,7 +177,7 @@ fn record(c: &mut Criterion) {
     let mut i = 0u64;
     let mut whole = || {
         i += 1;
-        handles.record(if i % 100 == 0 { 503 } else { 200 }, false, 0.012);
+        handles.record(if i.is_multiple_of(100) { 503 } else { 200 }, false, 0.012);
     };
     println!(
         "record (metrics + evidence): {:.2} allocations/op",
