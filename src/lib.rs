@@ -13,6 +13,7 @@ pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod report;
 pub mod routing;
 pub mod status;
 pub mod tls;

@@ -69,7 +69,11 @@ fn config(blue: SocketAddr, green: &str, route_extra: &str) -> String {
     )
 }
 
-/// Sends requests from `workers` loops until dropped.
+/// Requests per second of the load: "a few hundred", as a release sees.
+const RATE: u64 = 400;
+
+/// Sends about [`RATE`] requests per second from `workers` loops until
+/// dropped.
 struct Load {
     stop: Arc<AtomicBool>,
     pub sent: Arc<AtomicU64>,
@@ -81,9 +85,12 @@ impl Load {
         let sent = Arc::new(AtomicU64::new(0));
         for _ in 0..workers {
             let (stop, sent, url) = (stop.clone(), sent.clone(), url.clone());
+            let period = Duration::from_micros(1_000_000 * workers as u64 / RATE);
             tokio::spawn(async move {
                 let client = common::client();
+                let mut pace = tokio::time::interval(period);
                 while !stop.load(Ordering::Relaxed) {
+                    pace.tick().await;
                     let _ = client.get(&url).send().await.map(|r| r.status());
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -185,6 +192,27 @@ async fn a_green_with_3_percent_500s_fails_on_errors() {
     assert!(first.starts_with("error rate 3."), "{c:#}");
     assert!(c["error_rate_difference"]["lower"].as_f64().unwrap_or(0.0) > 0.01);
     assert_eq!(c["srm"]["alarm"], false, "{c:#}");
+    // `cutover report` as a CI gate: exit 1 on fail, the reason printed.
+    let (code, out) = report(&p);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("error rate 3."),
+        "{out}"
+    );
+}
+
+/// Runs `cutover report --admin URL --route app`: (exit code, stdout).
+fn report(p: &Proxy) -> (Option<i32>, String) {
+    let out = Command::new(common::proxy::bin())
+        .args(["report", "--route", "app", "--admin"])
+        .arg(p.admin_url(""))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if std::env::var_os("SHOW_REPORT").is_some() {
+        eprintln!("{text}");
+    }
+    (out.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +240,8 @@ async fn an_identical_green_never_fails() {
         .await
         .expect("gate answers");
     assert_eq!(gate.status(), 200);
+    let (code, out) = report(&p);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,4 +316,31 @@ fn check_points_at_bad_analysis_keys() {
         assert!(all.contains("cutover.toml:17:"), "{bad}: {all}");
         assert!(all.contains(key), "{bad}: {all}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_sticky_route_srm_counts_new_users() {
+    let blue = backend(0, 0).await;
+    let green_addr = backend(0, 0).await;
+    let p = Proxy::start(&config(
+        blue,
+        &green_addr.to_string(),
+        "sticky = { cookie = \"cutover\" }\n[routes.analysis]\nmin_requests = 50\n",
+    ))
+    .await;
+    // The client keeps no cookies: every request is a new user.
+    let _load = Load::start(p.url("/"), 4);
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        last = green(&analysis(&p).await);
+        if last["baseline_requests"].as_u64().unwrap_or(0) >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["srm"]["unit"], "new sticky users", "{last:#}");
+    assert_eq!(last["srm"]["alarm"], false, "{last:#}");
+    let observed = last["srm"]["observed_shares"][1].as_f64().unwrap_or(0.0);
+    assert!((0.35..0.65).contains(&observed), "{last:#}");
 }

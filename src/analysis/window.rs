@@ -109,10 +109,14 @@ impl Windows {
             if let (Some((t0, first)), Some((_, last))) = (h.snapshots.front(), h.snapshots.back())
             {
                 let counts: Vec<Counts> = last.iter().zip(first).map(|(l, f)| l.since(f)).collect();
-                let a = judge(route, &h.baseline, &counts, now.duration_since(*t0));
-                publish(metrics, &a);
-                out.push(a);
+                out.push(judge(route, &h.baseline, &counts, now.duration_since(*t0)));
             }
+        }
+        // Series of routes or backends no longer compared go away.
+        metrics.analysis_verdict.reset();
+        metrics.srm_alarm.reset();
+        for a in &out {
+            publish(metrics, a);
         }
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = out;
     }
@@ -202,6 +206,34 @@ pub fn judge(route: &Route, baseline: &str, counts: &[Counts], window: Duration)
     }
 }
 
+/// The evidence of every backend of `route` now, aligned with
+/// `route.backends`: keep it, and [`judge_since`] judges what happened
+/// after (a rollout step's window).
+pub fn snapshot(route: &Route) -> Vec<Counts> {
+    route
+        .backends
+        .iter()
+        .map(|b| {
+            b.metrics
+                .evidence()
+                .map(|e| e.snapshot())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The verdicts of `route` on the evidence since `start` (from
+/// [`snapshot`] on a route with the same backends), `elapsed` ago.
+pub fn judge_since(route: &Route, start: &[Counts], elapsed: Duration) -> RouteAnalysis {
+    let now = snapshot(route);
+    let counts: Vec<Counts> = now
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.since(start.get(i).unwrap_or(&Counts::default())))
+        .collect();
+    judge(route, &baseline(route), &counts, elapsed)
+}
+
 fn publish(metrics: &Metrics, a: &RouteAnalysis) {
     for j in &a.comparisons {
         for k in Kind::ALL {
@@ -226,5 +258,89 @@ pub async fn run(windows: Arc<Windows>, shared: Arc<crate::proxy::Shared>) {
         every.tick().await;
         let table = shared.table.load_full();
         windows.tick(&table, &shared.metrics, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loaded;
+    use crate::upstream::EndpointRegistry;
+
+    fn table(metrics: &Metrics, weights: &str) -> RoutingTable {
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.blue]\nendpoints = [\"127.0.0.1:9001\"]\n\
+             [backends.green]\nendpoints = [\"127.0.0.1:9002\"]\n\
+             [[routes]]\nname = \"app\"\nweights = {{ {weights} }}\n\
+             [routes.analysis]\nwindow = \"60s\"\n"
+        );
+        let path = std::path::Path::new("t.toml");
+        let loaded = Loaded {
+            config: crate::config::parse(path, &text).expect("valid"),
+            path: path.into(),
+            sha256: String::new(),
+            fingerprint: String::new(),
+        };
+        let ejections = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("e", "e"),
+            &["backend", "endpoint"],
+        )
+        .expect("valid");
+        RoutingTable::build(&loaded, 1, &EndpointRegistry::new(ejections, 1), metrics)
+    }
+
+    fn send(t: &RoutingTable, backend: usize, n: u64, code: u16) {
+        for _ in 0..n {
+            t.routes[0].backends[backend]
+                .metrics
+                .record(code, false, 0.002);
+        }
+    }
+
+    #[test]
+    fn windows_slide_and_restart_on_new_weights() {
+        let metrics = Metrics::new(&[0.001, 0.01, 0.1]);
+        let w = Windows::default();
+        let t = table(&metrics, "blue = 50, green = 50");
+        let t0 = Instant::now();
+        w.tick(&t, &metrics, t0);
+        send(&t, 0, 300, 200);
+        send(&t, 1, 300, 503);
+        // Overrides are not evidence.
+        t.routes[0].backends[1].metrics.record(200, true, 0.002);
+        w.tick(&t, &metrics, t0 + Duration::from_secs(30));
+        let a = &w.latest()[0];
+        assert_eq!(a.baseline, "blue");
+        assert_eq!(a.window_seconds, 30.0);
+        let j = &a.comparisons[0];
+        assert_eq!(
+            (j.backend.as_str(), j.green.requests, j.green.errors),
+            ("green", 300, 300)
+        );
+        assert_eq!(j.comparison.kind, Kind::Fail);
+        let start = snapshot(&t.routes[0]);
+        // 70 s later the first 300 requests have left the 60 s window.
+        send(&t, 0, 250, 200);
+        send(&t, 1, 250, 200);
+        w.tick(&t, &metrics, t0 + Duration::from_secs(70));
+        w.tick(&t, &metrics, t0 + Duration::from_secs(100));
+        let j = &w.latest()[0].comparisons[0];
+        assert_eq!((j.green.requests, j.green.errors), (250, 0), "{j:?}");
+        // Since an instant: the same 250.
+        let since = judge_since(&t.routes[0], &start, Duration::from_secs(70));
+        assert_eq!(since.comparisons[0].green.requests, 250);
+        // New weights: the window starts again, and the baseline follows.
+        let t2 = table(&metrics, "blue = 10, green = 90");
+        w.tick(&t2, &metrics, t0 + Duration::from_secs(101));
+        let a = &w.latest()[0];
+        assert_eq!((a.baseline.as_str(), a.window_seconds), ("green", 0.0));
+        assert_eq!(a.comparisons[0].green.requests, 0);
+        let m = metrics.render();
+        assert!(
+            m.contains(
+                r#"cutover_analysis_verdict{backend="blue",route="app",verdict="inconclusive"} 1"#
+            ),
+            "{m}"
+        );
     }
 }
