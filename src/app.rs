@@ -40,6 +40,8 @@ pub struct App {
     resolver: Option<Arc<Resolver>>,
     /// Certificate and key files of the last config that loaded, to watch.
     cert_files: Mutex<Vec<PathBuf>>,
+    /// The dashboard's last 15 minutes, filled by its sampler.
+    pub history: Arc<crate::dashboard::history::History>,
 }
 
 impl App {
@@ -305,6 +307,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         reloading: Mutex::new(()),
         resolver,
+        history: Arc::default(),
     });
     app.record_success(1);
 
@@ -317,6 +320,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             tokio::spawn(crate::admin::serve(listener, app.clone()));
         }
         let _watcher = config::watch::spawn(app.clone())?;
+        tokio::spawn(crate::dashboard::history::run(
+            app.history.clone(),
+            app.shared.clone(),
+        ));
         wait_for_stop(&app).await?;
 
         tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod logging;
 pub mod metrics;
