@@ -363,6 +363,11 @@ async fn dashboard_shows_the_split_and_follows_reloads_and_restarts() {
             !(while_down || probe)
         })
         .collect();
+    println!(
+        "browser errors: {} expected (proxy stopped, /admin/analysis probe), {} unexpected",
+        errors.len() - unexpected.len(),
+        unexpected.len()
+    );
     assert!(unexpected.is_empty(), "console errors: {unexpected:#?}");
     chromium.close().await;
 }
