@@ -19,6 +19,7 @@ TOOLS=(
   "prometheus prometheus      a real Prometheus server scraping the proxy"
   "curl       curl            TLS/ALPN tests with a real client"
   "h2load     nghttp2-client  HTTP/2 over TLS load from a real client"
+  "chromium   chromium        the dashboard in a real headless browser (DevTools protocol)"
 )
 
 # tool  pypi-package  (what the tests use it for)

@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/admin/state`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/admin/state`,
+//! and the dashboard (`/`, `/dashboard`, `/admin/history`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -75,11 +76,39 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             &crate::analysis::json::document(&app.analysis.latest()),
         ),
         "/admin/analysis/gate" | "/admin/analysis/verdict" => analysis_gate(app, req),
+        "/" | "/dashboard" => dashboard_page(),
+        "/admin/history" => {
+            let since = query_f64(req.uri().query(), "since").unwrap_or(0.0);
+            json_response(StatusCode::OK, &app.history.json(since))
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz /readyz /metrics /admin/state\n".into(),
+            "not found: try /dashboard /healthz /readyz /metrics /admin/state /admin/history\n"
+                .into(),
         ),
     }
+}
+
+/// The dashboard page, with a policy that keeps it from loading anything
+/// but same-origin JSON.
+fn dashboard_page() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(
+        crate::dashboard::PAGE.as_bytes(),
+    )));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(crate::dashboard::CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
@@ -124,6 +153,15 @@ fn analysis_gate(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     json_response(status, &body)
+}
+
+/// The number `key=N` of a query string, if there is one.
+fn query_f64(query: Option<&str>, key: &str) -> Option<f64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -42,6 +42,8 @@ pub struct App {
     cert_files: Mutex<Vec<PathBuf>>,
     /// A/B evidence windows and the latest verdicts.
     pub analysis: Arc<crate::analysis::window::Windows>,
+    /// The dashboard's last 15 minutes, filled by its sampler.
+    pub history: Arc<crate::dashboard::history::History>,
 }
 
 impl App {
@@ -352,6 +354,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         reloading: Mutex::new(()),
         resolver,
         analysis: Arc::default(),
+        history: Arc::default(),
     });
     app.record_success(1);
 
@@ -368,6 +371,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             app.shared.clone(),
         ));
         let _watcher = config::watch::spawn(app.clone()).await?;
+        tokio::spawn(crate::dashboard::history::run(
+            app.history.clone(),
+            app.shared.clone(),
+        ));
         wait_for_stop(&app).await?;
 
         // `/readyz` answers 503 first, for `server.drain_delay`, while the

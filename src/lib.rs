@@ -9,6 +9,7 @@ pub mod admin;
 pub mod analysis;
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod logging;
 pub mod metrics;
