@@ -276,3 +276,27 @@ async fn http2_streams_at_a_zero_window_are_cut_off() {
     assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
     drop(responses);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_that_keeps_moving_outlives_the_request_timeout() {
+    // 10 chunks 300 ms apart: 3 s of upload, past `request` (1 s), each
+    // pause under `body_idle` (2 s). The upload is the client's, not a slow
+    // upstream: it is served.
+    let (_b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nrequest = \"1s\"\nbody_idle = \"2s\"\n",
+    )
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.send(&[b'x'; 1000]).await.unwrap();
+    }
+    let resp = c.read_response().await.expect("an answer");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "10000");
+}
