@@ -276,3 +276,77 @@ async fn http2_streams_at_a_zero_window_are_cut_off() {
     assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
     drop(responses);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_that_keeps_moving_outlives_the_request_timeout() {
+    // 10 chunks 300 ms apart: 3 s of upload, past `request` (1 s), each
+    // pause under `body_idle` (2 s). The upload is the client's, not a slow
+    // upstream: it is served.
+    let (_b, _g, p) = common::blue_green(
+        100,
+        0,
+        "\n[timeouts]\nrequest = \"1s\"\nbody_idle = \"2s\"\n",
+    )
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.send(&[b'x'; 1000]).await.unwrap();
+    }
+    let resp = c.read_response().await.expect("an answer");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "10000");
+}
+
+#[tokio::test]
+async fn an_open_file_limit_too_small_for_max_connections_is_raised_then_warned_about() {
+    // Soft 256, hard 1000: the soft limit is raised to 1000, which holds
+    // (1000 - 256) / 2 = 372 connections, not 10,000.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cutover.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.b]\nendpoints = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=256:1000")
+        .arg(common::proxy::bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs");
+    let stderr = child.stderr.take().unwrap();
+    let warned = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("open-file limit") {
+                return Some(line);
+            }
+            if line.contains("\"listening\"") {
+                return None;
+            }
+        }
+        None
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), warned)
+        .await
+        .expect("a log line in time")
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("no warning about the open-file limit before listening");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["open_files"], 1000, "{line}");
+    assert_eq!(v["lowered_to"], 372, "{line}");
+    assert_eq!(v["max_connections"], 10000, "{line}");
+}

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -22,7 +22,7 @@ use super::handler::Worker;
 use crate::metrics::RetryReason;
 use crate::routing::Route;
 use crate::upstream::Endpoint;
-use crate::upstream::endpoint::InFlight;
+use crate::upstream::endpoint::{InFlight, now_ms};
 use crate::upstream::expect;
 use crate::upstream::pool::{Lease, SendError, UpstreamError};
 
@@ -67,10 +67,11 @@ pub async fn forward<'t>(
     let policy = &route.backends[backend].backend.retry;
     let mut deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
     to_origin_form(&mut parts);
-    // The client's body, bounded by `body_idle`; while it is still being
-    // sent, the request timeout waits (an upload is not the upstream's).
-    let mut body = ClientBody::new(body, w.shared.timeouts.body_idle);
-    let uploading = (!body.is_end_stream()).then(|| body.sending());
+    // The client's body, bounded by `body_idle`; while the upstream is still
+    // reading it, the request timeout waits (an upload takes what it takes).
+    let body_idle = w.shared.timeouts.body_idle;
+    let mut body = ClientBody::new(body, body_idle);
+    let uploading = (!body.is_end_stream()).then(|| body.polled());
     // A request that never reached a backend comes back whole from the pool,
     // so connect failures retry without a copy. Only 5xx retries need one:
     // the head, and a body small enough to buffer (larger ones stream and
@@ -135,12 +136,17 @@ pub async fn forward<'t>(
         tokio::pin!(send);
         let sent = loop {
             match tokio::time::timeout_at(deadline, &mut send).await {
-                Err(_)
-                    if uploading
-                        .as_ref()
-                        .is_some_and(|u| u.load(Ordering::Relaxed)) =>
-                {
-                    deadline = tokio::time::Instant::now() + w.shared.timeouts.request;
+                Err(elapsed) => {
+                    // Still uploading, and the upstream asked for bytes
+                    // within `body_idle`: wait until it has been silent
+                    // that long, and a little more, so that a client that
+                    // stalled gets its 408 from the body first.
+                    let polled = uploading.as_ref().map_or(0, |u| u.load(Ordering::Relaxed));
+                    let since = Duration::from_millis(now_ms().saturating_sub(polled));
+                    if polled == 0 || since >= body_idle {
+                        break Err(elapsed);
+                    }
+                    deadline = tokio::time::Instant::now() + (body_idle - since) + body_idle / 4;
                 }
                 sent => break sent,
             }

@@ -5,13 +5,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::endpoint::now_ms;
 
 /// What is sent upstream: the client's body as it arrives, a small body
 /// buffered so that a retry can send it again, or nothing.
@@ -53,15 +55,16 @@ impl BodyError {
 /// upstream waits for bytes and none arrive for `body_idle`, it fails with
 /// [`BodyError::Stalled`] (the client gets 408). The timer is allocated only
 /// when the body first has to wait, and reset only when it waits again
-/// after progress. `sending` is false once it ended or was dropped, so the
-/// request timeout does not run during an upload.
+/// after progress. `polled` is when the upstream last asked for bytes (0
+/// once the body ended or was dropped), so the request timeout does not run
+/// while the upstream reads an upload.
 #[derive(Debug)]
 pub struct ClientBody {
     body: Incoming,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     moved: bool,
-    sending: Option<Arc<AtomicBool>>,
+    polled: Option<Arc<AtomicU64>>,
 }
 
 impl ClientBody {
@@ -71,20 +74,21 @@ impl ClientBody {
             idle,
             timer: None,
             moved: true,
-            sending: None,
+            polled: None,
         }
     }
 
-    /// A flag that stays true while this body is being sent.
-    pub fn sending(&mut self) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(!self.body.is_end_stream()));
-        self.sending = Some(flag.clone());
-        flag
+    /// The `now_ms()` at which the upstream last polled this body; 0 once
+    /// it ended.
+    pub fn polled(&mut self) -> Arc<AtomicU64> {
+        let at = Arc::new(AtomicU64::new(now_ms()));
+        self.polled = Some(at.clone());
+        at
     }
 
     fn ended(&mut self) {
-        if let Some(s) = self.sending.take() {
-            s.store(false, Ordering::Relaxed);
+        if let Some(s) = self.polled.take() {
+            s.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -104,6 +108,9 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(at) = &this.polled {
+            at.store(now_ms(), Ordering::Relaxed);
+        }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.moved = true;
