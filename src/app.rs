@@ -16,6 +16,8 @@ use crate::config::{self, Config, HealthSpec, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::server::spawn_workers;
 use crate::proxy::{Listeners, Shared};
+use crate::rollout::Rollouts;
+use crate::rollout::machine::Command;
 use crate::routing::RoutingTable;
 use crate::tls::{CertStore, Resolver};
 use crate::upstream::EndpointRegistry;
@@ -40,6 +42,12 @@ pub struct App {
     resolver: Option<Arc<Resolver>>,
     /// Certificate and key files of the last config that loaded, to watch.
     cert_files: Mutex<Vec<PathBuf>>,
+    /// Progressive rollouts; they own their routes' weights while active.
+    pub rollouts: Rollouts,
+    /// The last config loaded from the file, before rollouts' weights.
+    loaded: Mutex<Loaded>,
+    /// `admin.token` as the process started with it.
+    pub admin_token: Option<String>,
 }
 
 impl App {
@@ -86,14 +94,61 @@ impl App {
         }
         self.warn_restart_only(&loaded.config);
         self.shared.upstream_tls.store(Arc::new(upstream_tls));
+        // The file wins over a rollout: sync first, so that an edit of the
+        // weights or of the rollout section is in this very table.
+        self.rollouts.sync(&loaded.config, self.metrics());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = RoutingTable::build(&loaded, generation, &self.registry, self.metrics());
+        let table = self.build(&loaded, generation);
         let weights = describe_weights(&table);
         self.health
             .sync(&table.backends, &health_specs(&loaded.config));
         self.shared.table.store(Arc::new(table));
         self.record_success(generation);
         tracing::info!(trigger = why, generation, sha256 = %loaded.sha256, weights = %weights, "config reloaded");
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+    }
+
+    /// A table of `loaded` with the weights of the rollouts that own them.
+    fn build(&self, loaded: &Loaded, generation: u64) -> RoutingTable {
+        let mut effective = loaded.clone();
+        self.rollouts.apply(&mut effective.config);
+        RoutingTable::build(&effective, generation, &self.registry, self.metrics())
+    }
+
+    /// Publishes a table of the last loaded config with the rollouts'
+    /// current weights. The caller holds the reload lock.
+    fn publish_rollouts(&self) {
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let table = self.build(&loaded, generation);
+        let weights = describe_weights(&table);
+        self.shared.table.store(Arc::new(table));
+        self.metrics().generation.set(generation as i64);
+        tracing::info!(generation, weights = %weights, "rollout weights published");
+    }
+
+    /// One evaluation of the rollouts; blocking (state files): run it in
+    /// `spawn_blocking`.
+    pub fn rollout_tick(&self) {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.shared.table.load_full();
+        if self.rollouts.tick(&table, self.metrics()).weights {
+            self.publish_rollouts();
+        }
+    }
+
+    /// A person's command on a route's rollout; blocking (state files).
+    pub fn rollout_command(&self, route: &str, command: Command) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = self.rollouts.command(route, command, self.metrics())?;
+        if changed.weights {
+            self.publish_rollouts();
+        }
+        Ok(())
     }
 
     fn fail(&self, why: &str, message: String) {
@@ -167,6 +222,7 @@ impl App {
             ("listen.http", old.listen_http != new.listen_http),
             ("listen.https", old.listen_https != new.listen_https),
             ("admin.listen", old.admin != new.admin),
+            ("admin.token", old.admin_token != new.admin_token),
             ("timeouts", old.timeouts != new.timeouts),
             ("limits", old.limits != new.limits),
             ("server.workers", old.workers != new.workers),
@@ -263,7 +319,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .build()?;
     let metrics = Arc::new(Metrics::new(&config.metric_buckets));
     let registry = EndpointRegistry::new(metrics.ejections.clone(), config.workers);
-    let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
+    let rollouts = Rollouts::default();
+    rollouts.sync(&config, &metrics);
+    let mut effective = loaded.clone();
+    rollouts.apply(&mut effective.config);
+    let table = RoutingTable::build(&effective, 1, &registry, &metrics);
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
     shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
     let health = HealthCheckers::new(rt.handle().clone(), shared.upstream_tls.clone());
@@ -305,6 +365,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         reloading: Mutex::new(()),
         resolver,
+        rollouts,
+        loaded: Mutex::new(loaded),
+        admin_token: config.admin_token.clone(),
     });
     app.record_success(1);
 
@@ -317,6 +380,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             tokio::spawn(crate::admin::serve(listener, app.clone()));
         }
         let _watcher = config::watch::spawn(app.clone())?;
+        tokio::spawn(rollout_ticker(app.clone()));
         wait_for_stop(&app).await?;
 
         tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");
@@ -351,6 +415,21 @@ async fn wait_for_stop(app: &App) -> anyhow::Result<()> {
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => app.reload("SIGHUP"),
         }
+    }
+}
+
+/// How often the rollouts are evaluated.
+pub const ROLLOUT_TICK: Duration = Duration::from_millis(500);
+
+/// Evaluates the rollouts every [`ROLLOUT_TICK`] on a blocking thread, so a
+/// slow disk never holds up the control runtime.
+async fn rollout_ticker(app: Arc<App>) {
+    let mut every = tokio::time::interval(ROLLOUT_TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.rollout_tick()).await;
     }
 }
 

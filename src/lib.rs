@@ -12,6 +12,7 @@ pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod rollout;
 pub mod routing;
 pub mod status;
 pub mod tls;

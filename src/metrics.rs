@@ -51,6 +51,11 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub endpoint_healthy: IntGaugeVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
+    /// `cutover_rollout_step{route}`: the index of the rollout's step.
+    pub rollout_step: IntGaugeVec,
+    /// `cutover_rollout_state{route,state}`: 1 for the current state.
+    pub rollout_state: IntGaugeVec,
+    pub rollout_transitions: IntCounterVec,
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -164,6 +169,30 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
+        let rollout_step = IntGaugeVec::new(
+            Opts::new(
+                "cutover_rollout_step",
+                "The step (0-based index into `steps`) of a route's rollout.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let rollout_state = IntGaugeVec::new(
+            Opts::new(
+                "cutover_rollout_state",
+                "1 for the current state of a route's rollout: progressing, paused, promoted, rolled_back.",
+            ),
+            &["route", "state"],
+        )
+        .expect("valid metric");
+        let rollout_transitions = IntCounterVec::new(
+            Opts::new(
+                "cutover_rollout_transitions_total",
+                "Rollout transitions by the state entered.",
+            ),
+            &["route", "to"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("cutover_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -191,6 +220,9 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(tls_cert_expiry.clone()),
+            Box::new(rollout_step.clone()),
+            Box::new(rollout_state.clone()),
+            Box::new(rollout_transitions.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
@@ -217,6 +249,9 @@ impl Metrics {
             ejections,
             endpoint_healthy,
             tls_cert_expiry,
+            rollout_step,
+            rollout_state,
+            rollout_transitions,
         }
     }
 

@@ -1007,7 +1007,7 @@ mod tests {
             "{BASE}[[routes]]\nname = \"app\"\nweights = {{ blue = 0, green = 10 }}\n[routes.rollout]\nid = \"v2\"\ncanary = \"green\"\nsteps = [100]\n"
         ));
         assert!(
-            e.contains("c.toml:12:1: routes[0].rollout: the route needs a baseline"),
+            e.contains("c.toml:10:1: routes[0].rollout: the route needs a baseline"),
             "{e}"
         );
         let e = errors(&format!(
