@@ -103,6 +103,7 @@ impl App {
         self.health
             .sync(&table.backends, &health_specs(&loaded.config));
         self.shared.table.store(Arc::new(table));
+        self.rollouts.show();
         self.record_success(generation);
         tracing::info!(trigger = why, generation, sha256 = %loaded.sha256, weights = %weights, "config reloaded");
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
@@ -136,9 +137,13 @@ impl App {
     pub fn rollout_tick(&self) {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let table = self.shared.table.load_full();
-        if self.rollouts.tick(&table, self.metrics()).weights {
+        let changed = self.rollouts.tick(&table, self.metrics());
+        if changed.weights {
             self.publish_rollouts();
         }
+        // Verdicts change every tick; states only once in force.
+        self.rollouts.show();
+        changed.save_pending(&self.rollouts);
     }
 
     /// A person's command on a route's rollout; blocking (state files).
@@ -147,6 +152,8 @@ impl App {
         let changed = self.rollouts.command(route, command, self.metrics())?;
         if changed.weights {
             self.publish_rollouts();
+            self.rollouts.show();
+            changed.save_pending(&self.rollouts);
         }
         Ok(())
     }
@@ -324,6 +331,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let mut effective = loaded.clone();
     rollouts.apply(&mut effective.config);
     let table = RoutingTable::build(&effective, 1, &registry, &metrics);
+    rollouts.show();
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
     shared.upstream_tls.store(Arc::new(upstream_tls(&config)?));
     let health = HealthCheckers::new(rt.handle().clone(), shared.upstream_tls.clone());

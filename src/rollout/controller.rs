@@ -29,6 +29,9 @@ pub struct Rollouts {
 struct Inner {
     dir: PathBuf,
     routes: BTreeMap<String, Entry>,
+    /// What `/admin/state` shows: refreshed by [`Rollouts::show`] once the
+    /// weights of a transition are in force, never before.
+    shown: BTreeMap<String, Value>,
 }
 
 struct Entry {
@@ -45,10 +48,24 @@ struct Entry {
 }
 
 /// What a tick or command changed, for the caller to publish.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Changed {
     /// The weights in force changed: build and publish a new table.
     pub weights: bool,
+    /// States to write once the new table is published: those that took
+    /// weight away from a canary (a rollback must not wait for a disk).
+    /// Steps forward were written before, so a crash never moves users back.
+    pub pending: Vec<(String, Rollout)>,
+}
+
+impl Changed {
+    /// Writes the pending states (blocking).
+    pub fn save_pending(&self, rollouts: &Rollouts) {
+        let dir = rollouts.lock().dir.clone();
+        for (route, r) in &self.pending {
+            save(&dir, route, r);
+        }
+    }
 }
 
 fn now_unix() -> f64 {
@@ -130,7 +147,7 @@ impl Rollouts {
                     save(&dir, &route.name, r);
                 }
             }
-            record_metrics(metrics, &route.name, &entry);
+            record_metrics(metrics, &route.name, entry.rollout.as_ref());
             inner.routes.insert(route.name.clone(), entry);
         }
     }
@@ -237,19 +254,24 @@ impl Rollouts {
                 continue;
             }
             transition_log(name, r, metrics);
-            if let Err(err) = store::save(&dir, name, r) {
-                if r.canary_weight > before.canary_weight {
-                    // Never move forward without a record of it: a restart
-                    // would move users back.
-                    *r = before;
-                    let _ = r.command(&e.plan, Command::Pause, now);
-                    r.reason = format!("cannot record the next step: {err}");
-                    transition_log(name, r, metrics);
-                }
-                tracing::error!(route = %name, error = %err, "cannot write the rollout state");
-            }
-            record_metrics(metrics, name, e);
+            record_metrics(metrics, name, e.rollout.as_ref());
             changed.weights = true;
+            let Some(r) = &mut e.rollout else { continue };
+            if r.canary_weight <= before.canary_weight {
+                changed.pending.push((name.clone(), r.clone()));
+                continue;
+            }
+            if let Err(err) = store::save(&dir, name, r) {
+                // Never move forward without a record of it: a restart
+                // would move users back.
+                *r = before;
+                let _ = r.command(&e.plan, Command::Pause, now);
+                r.reason = format!("cannot record the next step: {err}");
+                transition_log(name, r, metrics);
+                tracing::error!(route = %name, error = %err, "cannot write the rollout state");
+                changed.pending.push((name.clone(), r.clone()));
+                record_metrics(metrics, name, e.rollout.as_ref());
+            }
         }
         changed
     }
@@ -274,20 +296,48 @@ impl Rollouts {
                 e.problem.as_deref().unwrap_or("no state")
             ));
         };
+        let before = r.canary_weight;
         r.command(&e.plan, c, now)?;
         transition_log(route, r, metrics);
-        if let Err(err) = store::save(&dir, route, r) {
+        let mut changed = Changed {
+            weights: true,
+            pending: Vec::new(),
+        };
+        if r.canary_weight <= before {
+            changed.pending.push((route.to_owned(), r.clone()));
+        } else if let Err(err) = store::save(&dir, route, r) {
             tracing::error!(route, error = %err, "cannot write the rollout state");
         }
-        record_metrics(metrics, route, e);
-        Ok(Changed { weights: true })
+        record_metrics(metrics, route, e.rollout.as_ref());
+        Ok(changed)
+    }
+
+    /// Makes the current states what `/admin/state` shows; called once
+    /// their weights are in force.
+    pub fn show(&self) {
+        let mut inner = self.lock();
+        let shown = inner
+            .routes
+            .iter()
+            .map(|(name, e)| (name.clone(), describe_entry(e)))
+            .collect();
+        inner.shown = shown;
     }
 
     /// The `rollout` object of `/admin/state` for `route`, if it has one.
     pub fn describe(&self, route: &str) -> Option<Value> {
-        let inner = self.lock();
-        let e = inner.routes.get(route)?;
-        Some(match &e.rollout {
+        self.lock().shown.get(route).cloned()
+    }
+
+    /// The names of the routes that have a rollout.
+    pub fn routes(&self) -> Vec<String> {
+        self.lock().shown.keys().cloned().collect()
+    }
+}
+
+fn describe_entry(e: &Entry) -> Value {
+    {
+        match &e.rollout {
             None => json!({
                 "id": e.plan.id,
                 "state": "paused",
@@ -317,12 +367,7 @@ impl Rollouts {
                 "owns_weights": r.owns_weights,
                 "history": r.history,
             }),
-        })
-    }
-
-    /// The names of the routes that have a rollout.
-    pub fn routes(&self) -> Vec<String> {
-        self.lock().routes.keys().cloned().collect()
+        }
     }
 }
 
@@ -359,15 +404,15 @@ fn transition_log(route: &str, r: &Rollout, metrics: &Metrics) {
     );
 }
 
-fn record_metrics(metrics: &Metrics, route: &str, e: &Entry) {
-    let phase = e.rollout.as_ref().map_or(Phase::Paused, |r| r.phase);
+fn record_metrics(metrics: &Metrics, route: &str, r: Option<&Rollout>) {
+    let phase = r.map_or(Phase::Paused, |r| r.phase);
     for p in Phase::ALL {
         metrics
             .rollout_state
             .with_label_values(&[route, p.as_str()])
             .set(i64::from(p == phase));
     }
-    let step = e.rollout.as_ref().map_or(0, |r| r.step as i64);
+    let step = r.map_or(0, |r| r.step as i64);
     metrics.rollout_step.with_label_values(&[route]).set(step);
 }
 
