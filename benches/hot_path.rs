@@ -165,5 +165,32 @@ fn header_rewrite(c: &mut Criterion) {
     c.bench_function("header_rewrite", |b| b.iter(&mut run));
 }
 
-criterion_group!(benches, route_match, choose, header_rewrite);
+/// Recording a response: the Prometheus handles alone (as before the A/B
+/// evidence) against the whole `record`, which adds the evidence's three
+/// relaxed adds on the thread's own stripe.
+fn record(c: &mut Criterion) {
+    let metrics = Metrics::new(&[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]);
+    let handles = metrics.route("app", "green", Some(10));
+    let evidence = handles.evidence().expect("a route has evidence").clone();
+    let mut i = 0u64;
+    let mut whole = || {
+        i += 1;
+        handles.record(if i.is_multiple_of(100) { 503 } else { 200 }, false, 0.012);
+    };
+    println!(
+        "record (metrics + evidence): {:.2} allocations/op",
+        allocations_per_op(&mut whole)
+    );
+    c.bench_function("record/metrics+evidence", |b| b.iter(&mut whole));
+    let mut alone = || evidence.record(black_box(false), black_box(0.012));
+    println!(
+        "record (evidence alone): {:.2} allocations/op",
+        allocations_per_op(&mut alone)
+    );
+    c.bench_function("record/evidence", |b| b.iter(&mut alone));
+}
+
+criterion_group!(benches, route_match, choose, header_rewrite, record);
 criterion_main!(benches);

@@ -45,6 +45,10 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
 }
 
 fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    // Flagger's webhooks POST their event; the gate ignores the body.
+    if req.uri().path() == "/admin/analysis/gate" && req.method() == Method::POST {
+        return analysis_gate(app, req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -72,6 +76,11 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             );
             r
         }
+        "/admin/analysis" => json_response(
+            StatusCode::OK,
+            &crate::analysis::json::document(&app.analysis.latest()),
+        ),
+        "/admin/analysis/gate" | "/admin/analysis/verdict" => analysis_gate(app, req),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz /readyz /metrics /admin/state /admin/rollout\n".into(),
@@ -180,6 +189,40 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// `/admin/analysis/gate?route=NAME[&backend=B][&inconclusive=pass]`: 200
+/// on pass, 503 on fail or inconclusive, for Flagger's webhooks (any
+/// non-2xx fails a check). `/admin/analysis/verdict` answers the same JSON
+/// with 200 whatever the verdict, for Argo Rollouts' web provider, whose
+/// `successCondition`/`failureCondition` read `result.verdict`.
+fn analysis_gate(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let Some(route) = param("route") else {
+        return text(StatusCode::BAD_REQUEST, "route=NAME is required\n".into());
+    };
+    let latest = app.analysis.latest();
+    let Some((kind, body)) = crate::analysis::json::gate(&latest, route, param("backend")) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no comparison for route {route:?}\n"),
+        );
+    };
+    let lenient = param("inconclusive") == Some("pass");
+    let status = match kind {
+        _ if req.uri().path() == "/admin/analysis/verdict" => StatusCode::OK,
+        crate::analysis::Kind::Pass => StatusCode::OK,
+        crate::analysis::Kind::Inconclusive if lenient => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    json_response(status, &body)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

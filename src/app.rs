@@ -48,6 +48,8 @@ pub struct App {
     loaded: Mutex<Loaded>,
     /// `admin.token` as the process started with it.
     pub admin_token: Option<String>,
+    /// A/B evidence windows and the latest verdicts.
+    pub analysis: Arc<crate::analysis::window::Windows>,
 }
 
 impl App {
@@ -376,6 +378,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         rollouts,
         loaded: Mutex::new(loaded),
         admin_token: config.admin_token.clone(),
+        analysis: Arc::default(),
     });
     app.record_success(1);
 
@@ -387,6 +390,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             tracing::info!(listener = "admin", addr = %listener.local_addr()?, "listening");
             tokio::spawn(crate::admin::serve(listener, app.clone()));
         }
+        tokio::spawn(crate::analysis::window::run(
+            app.analysis.clone(),
+            app.shared.clone(),
+        ));
         let _watcher = config::watch::spawn(app.clone())?;
         tokio::spawn(rollout_ticker(app.clone()));
         wait_for_stop(&app).await?;

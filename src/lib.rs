@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod report;
 pub mod rollout;
 pub mod routing;
 pub mod status;

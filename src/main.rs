@@ -74,6 +74,16 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// The A/B verdicts of a running Cutover; exit 0 pass, 1 fail,
+    /// 2 inconclusive, 3 when the admin endpoint cannot be read.
+    Report {
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show per-variant traffic, errors and latency from a running Cutover.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:9901")]
@@ -94,7 +104,11 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    if let Command::Report { admin, route, json } = &cli.command {
+        return cutover::report::run(admin, route.as_deref(), *json);
+    }
     let result = match cli.command {
+        Command::Report { .. } => Ok(()),
         Command::Run { config } => cutover::app::run(&config),
         Command::Check { config } => cutover::config::load(&config)
             .map(|_| println!("{}: ok", config.display()))

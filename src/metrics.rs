@@ -4,7 +4,10 @@
 //! when a routing table is built ([`RouteMetrics`]), so recording a request
 //! hashes no label and takes no lock.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::analysis::evidence::Evidence;
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -56,6 +59,12 @@ pub struct Metrics {
     /// `cutover_rollout_state{route,state}`: 1 for the current state.
     pub rollout_state: IntGaugeVec,
     pub rollout_transitions: IntCounterVec,
+    /// A/B evidence per (route, backend), kept across reloads like the
+    /// Prometheus series (see `analysis`).
+    evidence: Mutex<HashMap<(String, String), Arc<Evidence>>>,
+    edges: Vec<f64>,
+    pub analysis_verdict: IntGaugeVec,
+    pub srm_alarm: IntGaugeVec,
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -193,6 +202,22 @@ impl Metrics {
             &["route", "to"],
         )
         .expect("valid metric");
+        let analysis_verdict = IntGaugeVec::new(
+            Opts::new(
+                "cutover_analysis_verdict",
+                "1 for the current A/B verdict (pass, fail, inconclusive) of a backend against its route's baseline.",
+            ),
+            &["route", "backend", "verdict"],
+        )
+        .expect("valid metric");
+        let srm_alarm = IntGaugeVec::new(
+            Opts::new(
+                "cutover_srm_alarm",
+                "1 when a route's requests per backend do not match the weights (sample-ratio mismatch).",
+            ),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("cutover_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -223,6 +248,8 @@ impl Metrics {
             Box::new(rollout_step.clone()),
             Box::new(rollout_state.clone()),
             Box::new(rollout_transitions.clone()),
+            Box::new(analysis_verdict.clone()),
+            Box::new(srm_alarm.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
@@ -252,7 +279,21 @@ impl Metrics {
             rollout_step,
             rollout_state,
             rollout_transitions,
+            evidence: Mutex::new(HashMap::new()),
+            edges: buckets.to_vec(),
+            analysis_verdict,
+            srm_alarm,
         }
+    }
+
+    /// The A/B evidence of (route, backend), created on first use.
+    pub fn evidence(&self, route: &str, backend: &str) -> Arc<Evidence> {
+        self.evidence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route.into(), backend.into()))
+            .or_insert_with(|| Arc::new(Evidence::new(&self.edges)))
+            .clone()
     }
 
     /// The counter of requests of `route` failed over from one backend to
@@ -279,6 +320,7 @@ impl Metrics {
             }),
             retries: ["connect", "5xx"]
                 .map(|r| self.retries.with_label_values(&[route, backend, r])),
+            evidence: (!route.is_empty()).then(|| self.evidence(route, backend)),
             codes: Codes {
                 vec: self.requests.clone(),
                 route: route.into(),
@@ -316,6 +358,7 @@ struct Handles {
     in_flight: IntGauge,
     errors: [IntCounter; 4],
     retries: [IntCounter; 2],
+    evidence: Option<Arc<Evidence>>,
     codes: Codes,
 }
 
@@ -324,6 +367,22 @@ impl RouteMetrics {
     pub fn record(&self, code: u16, overridden: bool, seconds: f64) {
         self.0.codes.inc(code, overridden);
         self.0.duration.observe(seconds);
+        // A/B evidence: what ordinary users got; testers' overrides are not.
+        if let (Some(e), false) = (&self.0.evidence, overridden) {
+            e.record(code >= 500, seconds);
+        }
+    }
+
+    /// Counts a new sticky user placed on this backend (the unit of the
+    /// sample-ratio test on sticky routes).
+    pub fn assigned(&self) {
+        if let Some(e) = &self.0.evidence {
+            e.assigned();
+        }
+    }
+
+    pub fn evidence(&self) -> Option<&Arc<Evidence>> {
+        self.0.evidence.as_ref()
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

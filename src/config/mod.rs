@@ -160,6 +160,29 @@ pub struct RouteSpec {
     /// Send a request elsewhere when its backend has nothing available.
     pub failover: bool,
     pub rollout: Option<RolloutSpec>,
+    /// The route's `analysis` table: how its backends are compared.
+    pub analysis: AnalysisSpec,
+}
+
+/// A route's A/B comparison settings (`[routes.analysis]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisSpec {
+    /// The backend the others are compared with; `None`: the one with the
+    /// largest weight when the window starts.
+    pub baseline: Option<String>,
+    /// The sliding window of evidence.
+    pub window: std::time::Duration,
+    pub settings: crate::analysis::Settings,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> AnalysisSpec {
+        AnalysisSpec {
+            baseline: None,
+            window: std::time::Duration::from_secs(300),
+            settings: crate::analysis::Settings::default(),
+        }
+    }
 }
 
 /// `[routes.rollout]`, validated.

@@ -167,6 +167,20 @@ pub struct RawRoute {
     pub expose_backend_header: bool,
     pub failover: Option<bool>,
     pub rollout: Option<Spanned<RawRollout>>,
+    pub analysis: Option<Spanned<RawAnalysis>>,
+}
+
+/// `[routes.analysis]`: how the route's backends are compared.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub baseline: Option<Str>,
+    pub window: Option<Str>,
+    pub confidence: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub max_error_rate_increase: Option<Spanned<f64>>,
+    pub max_latency_increase: Option<Str>,
+    pub quantile: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,8 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use toml::Spanned;
 
+use super::AnalysisSpec;
+use super::raw::RawAnalysis;
 use super::raw::{
     RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRollout, RawRoute, RawSticky, Str,
 };
@@ -553,7 +555,91 @@ impl Validator<'_> {
             expose_backend_header: r.expose_backend_header,
             failover: r.failover.unwrap_or(true),
             rollout,
+            analysis: r
+                .analysis
+                .as_ref()
+                .map(|a| self.analysis(&key, a.get_ref(), r))
+                .unwrap_or_default(),
         }
+    }
+
+    /// `routes[i].analysis`: every key optional, each checked in place.
+    fn analysis(&mut self, key: &str, a: &RawAnalysis, r: &RawRoute) -> AnalysisSpec {
+        let key = format!("{key}.analysis");
+        let mut spec = AnalysisSpec::default();
+        if let Some(b) = &a.baseline {
+            if r.weights
+                .get_ref()
+                .keys()
+                .any(|k| k.get_ref() == b.get_ref())
+            {
+                spec.baseline = Some(b.get_ref().clone());
+            } else {
+                self.error(
+                    b,
+                    format!(
+                        "{key}.baseline: \"{}\" is not one of the route's backends",
+                        b.get_ref()
+                    ),
+                );
+            }
+        }
+        if a.window.is_some() {
+            spec.window = self.duration(&format!("{key}.window"), &a.window, 300);
+        }
+        let mut real = |name: &str, v: &Option<Spanned<f64>>, ok: fn(f64) -> bool, range: &str| {
+            let v = v.as_ref()?;
+            if ok(*v.get_ref()) {
+                Some(*v.get_ref())
+            } else {
+                self.error(
+                    v,
+                    format!("{key}.{name}: {} is out of range {range}", v.get_ref()),
+                );
+                None
+            }
+        };
+        if let Some(c) = real(
+            "confidence",
+            &a.confidence,
+            |c| (0.5..1.0).contains(&c),
+            "0.5..1 (exclusive of 1)",
+        ) {
+            spec.settings.confidence = c;
+        }
+        if let Some(e) = real(
+            "max_error_rate_increase",
+            &a.max_error_rate_increase,
+            |e| (0.0..1.0).contains(&e),
+            "0..1 (an absolute rate: 0.01 is one point)",
+        ) {
+            spec.settings.max_error_rate_increase = e;
+        }
+        if let Some(q) = real(
+            "quantile",
+            &a.quantile,
+            |q| q > 0.0 && q < 1.0,
+            "0..1 (exclusive)",
+        ) {
+            spec.settings.quantile = q;
+        }
+        spec.settings.min_requests = self.int(
+            &format!("{key}.min_requests"),
+            &a.min_requests,
+            200,
+            1,
+            1_000_000_000,
+        ) as u64;
+        if a.max_latency_increase.is_some() {
+            spec.settings.max_latency_increase = self
+                .duration(
+                    &format!("{key}.max_latency_increase"),
+                    &a.max_latency_increase,
+                    1,
+                )
+                .as_secs_f64();
+        }
+        spec
     }
 
     /// `[routes.rollout]`: the canary is one of the route's backends, another

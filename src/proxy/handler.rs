@@ -189,6 +189,7 @@ pub async fn handle(
         headers::strip_hop_by_hop(resp.headers_mut());
     }
     if let Some(cookie) = choice.set_cookie {
+        served.metrics.assigned();
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     if route.expose_backend_header {

@@ -12,9 +12,10 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use super::evidence::{self, Counts};
+use super::evidence;
 use super::machine::{Command, Phase, Rollout};
 use super::store;
+use crate::analysis::evidence::Counts;
 use crate::config::{Config, RolloutSpec};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
@@ -39,8 +40,9 @@ struct Entry {
     /// `None` when the state file could not be used: see `problem`.
     rollout: Option<Rollout>,
     problem: Option<String>,
-    /// The step's evidence starts from these totals (canary, baseline).
-    base: Option<(f64, Counts, Counts)>,
+    /// The step's evidence starts from these counters (per backend of the
+    /// route), taken at this step start and this instant.
+    base: Option<(f64, std::time::Instant, Vec<Counts>)>,
     /// The last verdict, as its label.
     verdict: &'static str,
     /// The route's weights in the file.
@@ -226,29 +228,23 @@ impl Rollouts {
             let Some(route) = table.routes.iter().find(|t| &*t.name == name) else {
                 continue;
             };
-            let canary = evidence::snapshot(metrics, route, &e.plan.canary);
-            let baseline = evidence::snapshot(metrics, route, &e.plan.baseline);
             if e.base.as_ref().is_none_or(|b| b.0 != r.step_started_unix) {
-                e.base = Some((r.step_started_unix, canary.clone(), baseline.clone()));
+                let now = std::time::Instant::now();
+                e.base = Some((r.step_started_unix, now, evidence::snapshot(route)));
             }
             let Some(base) = &e.base else { continue };
             if r.phase != Phase::Progressing {
                 continue;
             }
-            let (c, b) = (canary.since(&base.1), baseline.since(&base.2));
-            let (verdict, reasons) = evidence::judge(&c, &b, e.plan.min_requests, 0.01);
-            e.verdict = match verdict {
-                super::machine::Verdict::Pass => "pass",
-                super::machine::Verdict::Fail => "fail",
-                _ => "inconclusive",
-            };
+            let j = evidence::judge(route, &e.plan, &base.2, base.1.elapsed());
+            e.verdict = j.label;
             let before = r.clone();
             let o = super::machine::Observation {
                 now_unix: now,
-                verdict,
-                canary_requests: c.requests,
-                baseline_requests: b.requests,
-                reasons,
+                verdict: j.verdict,
+                canary_requests: j.canary_requests,
+                baseline_requests: j.baseline_requests,
+                reasons: j.reasons,
             };
             if !r.tick(&e.plan, &o) {
                 continue;

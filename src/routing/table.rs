@@ -53,6 +53,9 @@ pub struct Route {
     pub failover: bool,
     /// `failovers[from * n + to]`: `cutover_failovers_total` handles.
     pub failovers: Box<[IntCounter]>,
+    /// How the backends are compared (`analysis`); the evidence handles are
+    /// in each backend's `metrics`.
+    pub analysis: crate::config::AnalysisSpec,
 }
 
 pub struct RouteBackend {
@@ -132,6 +135,7 @@ impl RoutingTable {
                                 .map(|(to, _)| metrics.failover(&spec.name, from, to))
                         })
                         .collect(),
+                    analysis: spec.analysis.clone(),
                 }
             })
             .collect();

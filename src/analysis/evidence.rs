@@ -1,0 +1,164 @@
+//! The evidence of one (route, backend), recorded on the request path:
+//! requests, 5xx sent to the client, new sticky users and latency bucket
+//! counts, as monotonic counters. Recording is a few relaxed `fetch_add`s on
+//! the calling thread's own stripe (cache lines no other stripe shares): no
+//! lock, no allocation, no clock read. Windows are differences of snapshots
+//! taken off the request path ([`super::window`]).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Counters per line: 16 x 8 bytes = 128 bytes, two cache lines on x86
+/// (whose adjacent-line prefetcher pairs them) and one on Apple silicon.
+const PER_LINE: usize = 16;
+
+#[repr(align(128))]
+struct Line([AtomicU64; PER_LINE]);
+
+/// Stripes per (route, backend); threads map onto them round-robin as they
+/// first record, so with up to this many workers none shares a stripe.
+const STRIPES: usize = 16;
+
+const REQUESTS: usize = 0;
+const ERRORS: usize = 1;
+const ASSIGNED: usize = 2;
+const BUCKETS: usize = 3;
+
+/// Striped counters of one (route, backend).
+pub struct Evidence {
+    /// Finite upper edges of the latency buckets, seconds; one more bucket
+    /// (`+Inf`) follows.
+    edges: Box<[f64]>,
+    lines_per_stripe: usize,
+    lines: Box<[Line]>,
+}
+
+/// The counters summed over stripes: plain counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests that received a new sticky cookie: one per new user.
+    pub assigned: u64,
+    /// Non-cumulative, `edges.len() + 1` of them.
+    pub buckets: Vec<u64>,
+}
+
+impl Counts {
+    /// What happened between `earlier` and `self` (counters only grow).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            assigned: self.assigned.saturating_sub(earlier.assigned),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+}
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+    };
+}
+
+impl Evidence {
+    pub fn new(edges: &[f64]) -> Evidence {
+        let counters = BUCKETS + edges.len() + 1;
+        let lines_per_stripe = counters.div_ceil(PER_LINE);
+        let lines = (0..STRIPES * lines_per_stripe)
+            .map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        Evidence {
+            edges: edges.into(),
+            lines_per_stripe,
+            lines,
+        }
+    }
+
+    pub fn edges(&self) -> &[f64] {
+        &self.edges
+    }
+
+    fn add(&self, stripe: usize, counter: usize) {
+        let line = stripe * self.lines_per_stripe + counter / PER_LINE;
+        if let Some(l) = self.lines.get(line) {
+            l.0[counter % PER_LINE].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one response sent to the client (override traffic is not
+    /// evidence: callers skip it).
+    pub fn record(&self, error: bool, seconds: f64) {
+        let stripe = STRIPE.with(|s| *s);
+        self.add(stripe, REQUESTS);
+        if error {
+            self.add(stripe, ERRORS);
+        }
+        // Upper edges are inclusive, as in Prometheus' `le`.
+        let bucket = self.edges.partition_point(|e| *e < seconds);
+        self.add(stripe, BUCKETS + bucket);
+    }
+
+    /// Records a new sticky user assigned to this backend.
+    pub fn assigned(&self) {
+        self.add(STRIPE.with(|s| *s), ASSIGNED);
+    }
+
+    /// The counters summed over stripes.
+    pub fn snapshot(&self) -> Counts {
+        let counters = BUCKETS + self.edges.len() + 1;
+        let mut sum = vec![0u64; counters];
+        for stripe in 0..STRIPES {
+            for (c, total) in sum.iter_mut().enumerate() {
+                let line = &self.lines[stripe * self.lines_per_stripe + c / PER_LINE];
+                *total += line.0[c % PER_LINE].load(Ordering::Relaxed);
+            }
+        }
+        Counts {
+            requests: sum[REQUESTS],
+            errors: sum[ERRORS],
+            assigned: sum[ASSIGNED],
+            buckets: sum[BUCKETS..].to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let e = std::sync::Arc::new(Evidence::new(&[0.01, 0.1]));
+        let threads: Vec<_> = (0..20)
+            .map(|t| {
+                let e = e.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        e.record(i % 10 == 0, if t % 2 == 0 { 0.01 } else { 0.5 });
+                    }
+                    e.assigned();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no panic");
+        }
+        let c = e.snapshot();
+        assert_eq!(c.requests, 20_000);
+        assert_eq!(c.errors, 2_000);
+        assert_eq!(c.assigned, 20);
+        assert_eq!(c.buckets, vec![10_000, 0, 10_000]);
+        let later = Counts {
+            requests: 20_005,
+            ..c.clone()
+        };
+        assert_eq!(later.since(&c).requests, 5);
+    }
+}

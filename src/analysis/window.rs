@@ -1,0 +1,342 @@
+//! The windows of evidence, kept off the request path: once a second a
+//! control-plane task snapshots every (route, backend)'s counters, keeps the
+//! snapshots of the last `window`, and judges each route on the difference
+//! between the newest and the oldest. A route's window restarts when its
+//! backends or weights change (the SRM null and the traffic mix changed).
+//! "Since an instant" is the same difference against a snapshot the caller
+//! keeps ([`Counts::since`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::evidence::Counts;
+use super::latency::Histogram;
+use super::srm::{self, Srm};
+use super::verdict::{self, Comparison, Kind, Side};
+use crate::metrics::Metrics;
+use crate::routing::{Route, RoutingTable};
+
+/// One comparison of a route, with the counts behind it.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub backend: String,
+    pub green: Counts,
+    pub blue: Counts,
+    pub comparison: Comparison,
+}
+
+/// A route's current analysis.
+#[derive(Debug, Clone)]
+pub struct RouteAnalysis {
+    pub name: String,
+    pub baseline: String,
+    pub window_seconds: f64,
+    pub srm: Srm,
+    /// `requests` or `new sticky users`: what the SRM test counted.
+    pub srm_unit: &'static str,
+    pub settings: verdict::Settings,
+    pub edges: Vec<f64>,
+    pub comparisons: Vec<Judged>,
+}
+
+struct History {
+    /// (backend, weight) when the window started; a change restarts it.
+    key: Vec<(String, u32)>,
+    baseline: String,
+    snapshots: VecDeque<(Instant, Vec<Counts>)>,
+}
+
+/// Every route's window and latest analysis.
+#[derive(Default)]
+pub struct Windows {
+    histories: Mutex<HashMap<String, History>>,
+    latest: Mutex<Vec<RouteAnalysis>>,
+}
+
+impl Windows {
+    /// The analyses of the last tick.
+    pub fn latest(&self) -> Vec<RouteAnalysis> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes a snapshot of every analysed route at `now`, judges it and
+    /// publishes the verdicts as metrics.
+    pub fn tick(&self, table: &RoutingTable, metrics: &Metrics, now: Instant) {
+        let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
+        histories.retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
+        let mut out = Vec::new();
+        for route in table.routes.iter().filter(|r| r.backends.len() >= 2) {
+            let key: Vec<(String, u32)> = route
+                .backends
+                .iter()
+                .map(|b| (b.backend.name.to_string(), b.weight))
+                .collect();
+            let snap: Vec<Counts> = route
+                .backends
+                .iter()
+                .map(|b| {
+                    b.metrics
+                        .evidence()
+                        .map(|e| e.snapshot())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let h = histories
+                .entry(route.name.to_string())
+                .or_insert_with(|| History {
+                    key: Vec::new(),
+                    baseline: String::new(),
+                    snapshots: VecDeque::new(),
+                });
+            if h.key != key {
+                h.key = key;
+                h.baseline = baseline(route);
+                h.snapshots.clear();
+            }
+            h.snapshots.push_back((now, snap));
+            let window = route.analysis.window;
+            while h.snapshots.len() > 1
+                && h.snapshots
+                    .get(1)
+                    .is_some_and(|(t, _)| now.duration_since(*t) >= window)
+            {
+                h.snapshots.pop_front();
+            }
+            if let (Some((t0, first)), Some((_, last))) = (h.snapshots.front(), h.snapshots.back())
+            {
+                let counts: Vec<Counts> = last.iter().zip(first).map(|(l, f)| l.since(f)).collect();
+                let a = judge(route, &h.baseline, &counts, now.duration_since(*t0));
+                publish(metrics, &a);
+                out.push(a);
+            }
+        }
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = out;
+    }
+}
+
+/// The configured baseline, else the backend with the largest weight (the
+/// first by name among equals).
+fn baseline(route: &Route) -> String {
+    if let Some(b) = &route.analysis.baseline {
+        return b.clone();
+    }
+    let mut best = 0;
+    for (i, b) in route.backends.iter().enumerate() {
+        if b.weight > route.backends[best].weight {
+            best = i;
+        }
+    }
+    route.backends[best].backend.name.to_string()
+}
+
+/// Judges every other backend of `route` against the baseline on `counts`
+/// (aligned with `route.backends`).
+pub fn judge(route: &Route, baseline: &str, counts: &[Counts], window: Duration) -> RouteAnalysis {
+    let settings = route.analysis.settings.clone();
+    let alpha = 1.0 - settings.confidence;
+    let weights: Vec<u32> = route.backends.iter().map(|b| b.weight).collect();
+    // On a sticky route with a cookie the unit is the user (one new cookie
+    // each); on a header-hashed sticky route users cannot be counted, so
+    // there is no test.
+    let (srm, srm_unit) = match &route.sticky {
+        None => {
+            let n: Vec<u64> = counts.iter().map(|c| c.requests).collect();
+            (srm::test(&n, &weights, alpha), "requests")
+        }
+        Some(s) if s.cookie.is_some() => {
+            let n: Vec<u64> = counts.iter().map(|c| c.assigned).collect();
+            (srm::test(&n, &weights, alpha), "new sticky users")
+        }
+        Some(_) => (
+            srm::test(&[], &[], alpha),
+            "none (header-hashed sticky route)",
+        ),
+    };
+    let edges = route
+        .backends
+        .first()
+        .and_then(|b| b.metrics.evidence())
+        .map(|e| e.edges().to_vec())
+        .unwrap_or_default();
+    let bi = route.backend_index(baseline).unwrap_or(0);
+    fn side<'a>(c: &'a Counts, edges: &'a [f64]) -> Side<'a> {
+        Side {
+            requests: c.requests,
+            errors: c.errors,
+            latency: Histogram {
+                edges,
+                counts: &c.buckets,
+            },
+        }
+    }
+    let comparisons = route
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != bi)
+        .map(|(i, b)| Judged {
+            backend: b.backend.name.to_string(),
+            green: counts[i].clone(),
+            blue: counts[bi].clone(),
+            comparison: verdict::compare(
+                side(&counts[i], &edges),
+                side(&counts[bi], &edges),
+                &srm,
+                &settings,
+            ),
+        })
+        .collect();
+    RouteAnalysis {
+        name: route.name.to_string(),
+        baseline: route.backends[bi].backend.name.to_string(),
+        window_seconds: window.as_secs_f64(),
+        srm,
+        srm_unit,
+        settings,
+        edges: edges.clone(),
+        comparisons,
+    }
+}
+
+/// The evidence of every backend of `route` now, aligned with
+/// `route.backends`: keep it, and [`judge_since`] judges what happened
+/// after (a rollout step's window).
+pub fn snapshot(route: &Route) -> Vec<Counts> {
+    route
+        .backends
+        .iter()
+        .map(|b| {
+            b.metrics
+                .evidence()
+                .map(|e| e.snapshot())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The verdicts of `route` on the evidence since `start` (from
+/// [`snapshot`] on a route with the same backends), `elapsed` ago.
+pub fn judge_since(route: &Route, start: &[Counts], elapsed: Duration) -> RouteAnalysis {
+    let now = snapshot(route);
+    let counts: Vec<Counts> = now
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.since(start.get(i).unwrap_or(&Counts::default())))
+        .collect();
+    judge(route, &baseline(route), &counts, elapsed)
+}
+
+fn publish(metrics: &Metrics, a: &RouteAnalysis) {
+    for j in &a.comparisons {
+        for k in Kind::ALL {
+            metrics
+                .analysis_verdict
+                .with_label_values(&[&a.name, &j.backend, k.as_str()])
+                .set(i64::from(j.comparison.kind == k));
+        }
+        metrics
+            .srm_alarm
+            .with_label_values(&[&a.name, &j.backend])
+            .set(i64::from(a.srm.alarm));
+    }
+}
+
+/// Runs [`Windows::tick`] once a second on the current table until the
+/// process ends.
+pub async fn run(windows: Arc<Windows>, shared: Arc<crate::proxy::Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let table = shared.table.load_full();
+        windows.tick(&table, &shared.metrics, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loaded;
+    use crate::upstream::EndpointRegistry;
+
+    fn table(metrics: &Metrics, weights: &str) -> RoutingTable {
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.blue]\nendpoints = [\"127.0.0.1:9001\"]\n\
+             [backends.green]\nendpoints = [\"127.0.0.1:9002\"]\n\
+             [[routes]]\nname = \"app\"\nweights = {{ {weights} }}\n\
+             [routes.analysis]\nwindow = \"60s\"\n"
+        );
+        let path = std::path::Path::new("t.toml");
+        let loaded = Loaded {
+            config: crate::config::parse(path, &text).expect("valid"),
+            path: path.into(),
+            sha256: String::new(),
+            fingerprint: String::new(),
+        };
+        let ejections = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("e", "e"),
+            &["backend", "endpoint"],
+        )
+        .expect("valid");
+        RoutingTable::build(&loaded, 1, &EndpointRegistry::new(ejections, 1), metrics)
+    }
+
+    fn send(t: &RoutingTable, backend: usize, n: u64, code: u16) {
+        for _ in 0..n {
+            t.routes[0].backends[backend]
+                .metrics
+                .record(code, false, 0.002);
+        }
+    }
+
+    #[test]
+    fn windows_slide_and_restart_on_new_weights() {
+        let metrics = Metrics::new(&[0.001, 0.01, 0.1]);
+        let w = Windows::default();
+        let t = table(&metrics, "blue = 50, green = 50");
+        let t0 = Instant::now();
+        w.tick(&t, &metrics, t0);
+        send(&t, 0, 300, 200);
+        send(&t, 1, 300, 503);
+        // Overrides are not evidence.
+        t.routes[0].backends[1].metrics.record(200, true, 0.002);
+        w.tick(&t, &metrics, t0 + Duration::from_secs(30));
+        let a = &w.latest()[0];
+        assert_eq!(a.baseline, "blue");
+        assert_eq!(a.window_seconds, 30.0);
+        let j = &a.comparisons[0];
+        assert_eq!(
+            (j.backend.as_str(), j.green.requests, j.green.errors),
+            ("green", 300, 300)
+        );
+        assert_eq!(j.comparison.kind, Kind::Fail);
+        let start = snapshot(&t.routes[0]);
+        // 70 s later the first 300 requests have left the 60 s window.
+        send(&t, 0, 250, 200);
+        send(&t, 1, 250, 200);
+        w.tick(&t, &metrics, t0 + Duration::from_secs(70));
+        w.tick(&t, &metrics, t0 + Duration::from_secs(100));
+        let j = &w.latest()[0].comparisons[0];
+        assert_eq!((j.green.requests, j.green.errors), (250, 0), "{j:?}");
+        // Since an instant: the same 250.
+        let since = judge_since(&t.routes[0], &start, Duration::from_secs(70));
+        assert_eq!(since.comparisons[0].green.requests, 250);
+        // New weights: the window starts again, and the baseline follows.
+        let t2 = table(&metrics, "blue = 10, green = 90");
+        w.tick(&t2, &metrics, t0 + Duration::from_secs(101));
+        let a = &w.latest()[0];
+        assert_eq!((a.baseline.as_str(), a.window_seconds), ("green", 0.0));
+        assert_eq!(a.comparisons[0].green.requests, 0);
+        let m = metrics.render();
+        assert!(
+            m.contains(
+                r#"cutover_analysis_verdict{backend="blue",route="app",verdict="inconclusive"} 1"#
+            ),
+            "{m}"
+        );
+    }
+}

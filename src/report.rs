@@ -1,0 +1,181 @@
+//! `cutover report`: the A/B verdicts of `/admin/analysis` side by side in a
+//! terminal, with an exit status for CI/CD gates: 0 pass, 1 fail, 2
+//! inconclusive (the worst comparison shown decides), 3 when the admin
+//! endpoint cannot be read.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub fn run(admin: &str, route: Option<&str>, json: bool) -> ExitCode {
+    match fetch(admin) {
+        Ok(doc) => {
+            let (text, code) = render(&doc, route, json);
+            print!("{text}");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn fetch(admin: &str) -> anyhow::Result<Value> {
+    let base = admin.trim_end_matches('/');
+    let uri: http::Uri = format!("{base}/admin/analysis")
+        .parse()
+        .context("--admin must be a URL like http://127.0.0.1:9901")?;
+    let authority = uri
+        .authority()
+        .context("--admin needs host:port")?
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = rt.block_on(async {
+        let connect = tokio::net::TcpStream::connect(&authority);
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+            .await
+            .with_context(|| format!("timed out connecting to {authority}"))?
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri.path())
+            .header("host", &authority)
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "admin answered {}",
+            resp.status()
+        );
+        anyhow::Ok(resp.into_body().collect().await?.to_bytes())
+    })?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The report text and exit code for `doc` (the `/admin/analysis` JSON).
+pub fn render(doc: &Value, route: Option<&str>, json: bool) -> (String, u8) {
+    let routes: Vec<&Value> = doc["routes"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter(|r| route.is_none_or(|n| r["name"] == n))
+                .collect()
+        })
+        .unwrap_or_default();
+    let verdicts: Vec<&str> = routes
+        .iter()
+        .flat_map(|r| r["comparisons"].as_array().into_iter().flatten())
+        .map(|c| c["verdict"].as_str().unwrap_or("inconclusive"))
+        .collect();
+    let code = if verdicts.contains(&"fail") {
+        1
+    } else if !verdicts.is_empty() && verdicts.iter().all(|v| *v == "pass") {
+        0
+    } else {
+        2
+    };
+    if json {
+        let shown = serde_json::json!({ "routes": routes });
+        return (
+            serde_json::to_string_pretty(&shown).unwrap_or_default() + "\n",
+            code,
+        );
+    }
+    let mut out = String::new();
+    if routes.is_empty() {
+        out.push_str("no route with two or more backends to compare\n");
+    }
+    for r in routes {
+        let base = r["baseline"].as_str().unwrap_or("?");
+        out.push_str(&format!(
+            "route {}: baseline {base}, last {:.0} s\n",
+            r["name"].as_str().unwrap_or("?"),
+            r["window_seconds"].as_f64().unwrap_or(0.0)
+        ));
+        for c in r["comparisons"].as_array().into_iter().flatten() {
+            let name = c["backend"].as_str().unwrap_or("?");
+            let w = name.len().max(base.len()).max(8);
+            out.push_str(&format!("  {:<14} {name:>w$}  {base:>w$}\n", "", w = w));
+            let row = |label: &str, a: String, b: String| {
+                format!("  {label:<14} {a:>w$}  {b:>w$}\n", w = w)
+            };
+            out.push_str(&row(
+                "requests",
+                c["requests"].to_string(),
+                c["baseline_requests"].to_string(),
+            ));
+            out.push_str(&row(
+                "error rate",
+                pct(&c["error_rate"]),
+                pct(&c["baseline_error_rate"]),
+            ));
+            for (k, q) in c["latency_seconds"].as_object().into_iter().flatten() {
+                out.push_str(&row(
+                    k,
+                    ms(&q["backend"]["estimate"]),
+                    ms(&q["baseline"]["estimate"]),
+                ));
+            }
+            let srm = &c["srm"];
+            out.push_str(&format!(
+                "  {:<14} {}\n",
+                "sample ratio",
+                if srm["alarm"] == true {
+                    format!(
+                        "MISMATCH (e-value {:.3e})",
+                        srm["e_value"].as_f64().unwrap_or(0.0)
+                    )
+                } else {
+                    "ok".into()
+                }
+            ));
+            out.push_str(&format!(
+                "  {:<14} {}\n",
+                "verdict",
+                c["verdict"].as_str().unwrap_or("?").to_uppercase()
+            ));
+            for reason in c["reasons"].as_array().into_iter().flatten() {
+                out.push_str(&format!("    - {}\n", reason.as_str().unwrap_or("")));
+            }
+        }
+    }
+    (out, code)
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.2}%", x * 100.0))
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), crate::analysis::verdict::ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_worst_verdict() {
+        let doc = |v: &[&str]| {
+            let cs: Vec<Value> = v
+                .iter()
+                .map(|v| serde_json::json!({ "backend": "g", "verdict": v }))
+                .collect();
+            serde_json::json!({ "routes": [{ "name": "app", "baseline": "blue", "comparisons": cs }] })
+        };
+        assert_eq!(render(&doc(&["pass"]), None, false).1, 0);
+        assert_eq!(render(&doc(&["pass", "fail"]), None, false).1, 1);
+        assert_eq!(render(&doc(&["pass", "inconclusive"]), None, true).1, 2);
+        assert_eq!(render(&doc(&[]), None, false).1, 2);
+        assert_eq!(render(&doc(&["fail"]), Some("other"), false).1, 2);
+    }
+}
