@@ -29,6 +29,8 @@ struct Flaky {
     fail_pct: Arc<AtomicU32>,
     /// Only the `fail_once`-th request fails (1-based), when non-zero.
     fail_once: Arc<AtomicU64>,
+    /// Added to every answer, milliseconds.
+    delay_ms: Arc<AtomicU64>,
 }
 
 async fn flaky(name: &'static str) -> Flaky {
@@ -37,13 +39,15 @@ async fn flaky(name: &'static str) -> Flaky {
     let fail_pct = Arc::new(AtomicU32::new(0));
     let fail_once = Arc::new(AtomicU64::new(0));
     let count = Arc::new(AtomicU64::new(0));
-    let (pct, once) = (fail_pct.clone(), fail_once.clone());
+    let delay_ms = Arc::new(AtomicU64::new(0));
+    let (pct, once, delay) = (fail_pct.clone(), fail_once.clone(), delay_ms.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (pct, once, count) = (pct.clone(), once.clone(), count.clone());
+            let (pct, once, count, delay) =
+                (pct.clone(), once.clone(), count.clone(), delay.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |_req| {
                     let n = count.fetch_add(1, Ordering::Relaxed);
@@ -53,7 +57,13 @@ async fn flaky(name: &'static str) -> Flaky {
                     if fail {
                         *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                     }
-                    async move { Ok::<_, Infallible>(r) }
+                    let wait = Duration::from_millis(delay.load(Ordering::Relaxed));
+                    async move {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -65,6 +75,7 @@ async fn flaky(name: &'static str) -> Flaky {
         addr,
         fail_pct,
         fail_once,
+        delay_ms,
     }
 }
 
@@ -252,6 +263,34 @@ async fn a_green_with_3_percent_500s_is_rolled_back_and_blue_takes_everything() 
                 .as_str()
                 .is_some_and(|e| e.contains("error rate"))
     }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_green_30ms_slower_is_rolled_back_with_a_latency_reason() {
+    let (blue, green) = (flaky("blue").await, flaky("green").await);
+    let p = Proxy::start(&config(
+        &blue,
+        &green,
+        "blue = 100, green = 0",
+        "id = \"v2\"\ncanary = \"green\"\nsteps = [50, 100]\nhold = \"1h\"\nmin_requests = 200",
+    ))
+    .await;
+    green.delay_ms.store(30, Ordering::Relaxed);
+    let l = load(&p, 8, Duration::from_millis(25));
+    let r = wait_state(&p, "rolled_back", Duration::from_secs(90)).await;
+    let sent = l.finish().await;
+    let reason = r["reason"].as_str().unwrap();
+    // The deciding sentence comes first.
+    let first = reason.split("; ").next().unwrap();
+    assert!(
+        first.contains("latency") || first.contains("slower"),
+        "{reason}"
+    );
+    println!(
+        "slow green rolled back after {} requests: {reason}",
+        sent.len()
+    );
+    assert!(sent.iter().all(|s| s.status == 200));
 }
 
 /// The backend a user holding sticky cookie `u=<value>` is sent to.
