@@ -317,3 +317,30 @@ fn check_points_at_bad_analysis_keys() {
         assert!(all.contains(key), "{bad}: {all}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_sticky_route_srm_counts_new_users() {
+    let blue = backend(0, 0).await;
+    let green_addr = backend(0, 0).await;
+    let p = Proxy::start(&config(
+        blue,
+        &green_addr.to_string(),
+        "sticky = { cookie = \"cutover\" }\n[routes.analysis]\nmin_requests = 50\n",
+    ))
+    .await;
+    // The client keeps no cookies: every request is a new user.
+    let _load = Load::start(p.url("/"), 4);
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        last = green(&analysis(&p).await);
+        if last["baseline_requests"].as_u64().unwrap_or(0) >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["srm"]["unit"], "new sticky users", "{last:#}");
+    assert_eq!(last["srm"]["alarm"], false, "{last:#}");
+    let observed = last["srm"]["observed_shares"][1].as_f64().unwrap_or(0.0);
+    assert!((0.35..0.65).contains(&observed), "{last:#}");
+}

@@ -109,10 +109,14 @@ impl Windows {
             if let (Some((t0, first)), Some((_, last))) = (h.snapshots.front(), h.snapshots.back())
             {
                 let counts: Vec<Counts> = last.iter().zip(first).map(|(l, f)| l.since(f)).collect();
-                let a = judge(route, &h.baseline, &counts, now.duration_since(*t0));
-                publish(metrics, &a);
-                out.push(a);
+                out.push(judge(route, &h.baseline, &counts, now.duration_since(*t0)));
             }
+        }
+        // Series of routes or backends no longer compared go away.
+        metrics.analysis_verdict.reset();
+        metrics.srm_alarm.reset();
+        for a in &out {
+            publish(metrics, a);
         }
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = out;
     }
