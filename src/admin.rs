@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/admin/state`,
-//! and the dashboard (`/`, `/dashboard`, `/admin/history`).
+//! the dashboard (`/`, `/dashboard`, `/admin/history`) and `/admin/rollout`
+//! (whose `POST`s need `admin.token`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,9 +27,14 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
         };
         let app = app.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, &req)) }
+                async move {
+                    if req.uri().path().starts_with("/admin/rollout") {
+                        return Ok::<_, Infallible>(rollout(app, &req).await);
+                    }
+                    Ok::<_, Infallible>(route(&app, &req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -83,7 +89,7 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /dashboard /healthz /readyz /metrics /admin/state /admin/history\n"
+            "not found: try /dashboard /healthz /readyz /metrics /admin/state /admin/history /admin/rollout\n"
                 .into(),
         ),
     }
@@ -109,6 +115,99 @@ fn dashboard_page() -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("no-store"),
     );
     r
+}
+
+/// `GET /admin/rollout`: every route's rollout; `POST
+/// /admin/rollout/<route>/<pause|resume|promote|abort>`: a person's command,
+/// off unless `admin.token` is set, then only with `Authorization: Bearer
+/// <token>` (compared in constant time).
+async fn rollout(app: Arc<App>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_end_matches('/');
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        if path != "/admin/rollout" {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: GET /admin/rollout\n".into(),
+            );
+        }
+        let routes: Vec<Value> = app
+            .rollouts
+            .routes()
+            .into_iter()
+            .filter_map(|r| {
+                let mut v = app.rollouts.describe(&r)?;
+                v["route"] = json!(r);
+                Some(v)
+            })
+            .collect();
+        return json_response(StatusCode::OK, &json!({ "routes": routes }));
+    }
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET or POST only\n".into());
+    }
+    let Some(token) = app.admin_token.as_deref() else {
+        return text(
+            StatusCode::FORBIDDEN,
+            "mutating admin endpoints are off: set admin.token (or token_file, token_env)\n".into(),
+        );
+    };
+    if !authorized(req, token) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "needs Authorization: Bearer <admin.token>\n".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let mut parts = path
+        .strip_prefix("/admin/rollout/")
+        .unwrap_or_default()
+        .split('/');
+    let (Some(route), Some(action), None) = (parts.next(), parts.next(), parts.next()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: POST /admin/rollout/<route>/<pause|resume|promote|abort>\n".into(),
+        );
+    };
+    let Some(command) = crate::rollout::machine::Command::parse(action) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("\"{action}\" is not one of pause, resume, promote, abort\n"),
+        );
+    };
+    let route = route.to_owned();
+    // State files are written: off the control runtime.
+    let worker = app.clone();
+    let name = route.clone();
+    let result = tokio::task::spawn_blocking(move || worker.rollout_command(&name, command)).await;
+    match result {
+        Ok(Ok(())) => {
+            let state = app.rollouts.describe(&route).unwrap_or(Value::Null);
+            json_response(StatusCode::OK, &state)
+        }
+        Ok(Err(why)) => text(StatusCode::CONFLICT, why + "\n"),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the command did not complete\n".into(),
+        ),
+    }
+}
+
+/// `Authorization: Bearer <token>`, the token compared in constant time.
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
@@ -215,7 +314,7 @@ pub fn state(app: &App) -> Value {
         },
         "draining": app.is_draining(),
         "health_checkers": app.health.count(),
-        "routes": routes(&table, &counts),
+        "routes": routes(app, &table, &counts),
     })
 }
 
@@ -248,7 +347,11 @@ fn request_counts(app: &App) -> HashMap<(String, String), Counts> {
     out
 }
 
-fn routes(table: &RoutingTable, counts: &HashMap<(String, String), Counts>) -> Vec<Value> {
+fn routes(
+    app: &App,
+    table: &RoutingTable,
+    counts: &HashMap<(String, String), Counts>,
+) -> Vec<Value> {
     table
         .routes
         .iter()
@@ -291,6 +394,7 @@ fn routes(table: &RoutingTable, counts: &HashMap<(String, String), Counts>) -> V
                 "sticky": r.sticky.is_some(),
                 "drain": r.drain,
                 "backends": backends,
+                "rollout": app.rollouts.describe(&r.name),
             })
         })
         .collect()

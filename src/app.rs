@@ -16,6 +16,8 @@ use crate::config::{self, Config, HealthSpec, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::server::spawn_workers;
 use crate::proxy::{Listeners, Shared};
+use crate::rollout::Rollouts;
+use crate::rollout::machine::Command;
 use crate::routing::RoutingTable;
 use crate::tls::{CertStore, Resolver};
 use crate::upstream::EndpointRegistry;
@@ -40,6 +42,12 @@ pub struct App {
     resolver: Option<Arc<Resolver>>,
     /// Certificate and key files of the last config that loaded, to watch.
     cert_files: Mutex<Vec<PathBuf>>,
+    /// Progressive rollouts; they own their routes' weights while active.
+    pub rollouts: Rollouts,
+    /// The last config loaded from the file, before rollouts' weights.
+    loaded: Mutex<Loaded>,
+    /// `admin.token` as the process started with it.
+    pub admin_token: Option<String>,
     /// A/B evidence windows and the latest verdicts.
     pub analysis: Arc<crate::analysis::window::Windows>,
     /// The dashboard's last 15 minutes, filled by its sampler.
@@ -92,14 +100,68 @@ impl App {
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         self.warn_restart_only(&loaded.config);
+        // The file wins over a rollout: sync first, so that an edit of the
+        // weights or of the rollout section is in this very table.
+        self.rollouts.sync(&loaded.config, self.metrics());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = RoutingTable::build(&loaded, generation, &self.registry, self.metrics());
+        let table = self.build(&loaded, generation);
         let weights = describe_weights(&table);
         self.health
             .sync(&table.backends, &health_specs(&loaded.config));
         self.shared.table.store(Arc::new(table));
+        self.rollouts.show();
         self.record_success(generation);
         tracing::info!(trigger = why, generation, sha256 = %loaded.sha256, weights = %weights, "config reloaded");
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+    }
+
+    /// A table of `loaded` with the weights of the rollouts that own them.
+    fn build(&self, loaded: &Loaded, generation: u64) -> RoutingTable {
+        let mut effective = loaded.clone();
+        self.rollouts.apply(&mut effective.config);
+        RoutingTable::build(&effective, generation, &self.registry, self.metrics())
+    }
+
+    /// Publishes a table of the last loaded config with the rollouts'
+    /// current weights. The caller holds the reload lock.
+    fn publish_rollouts(&self) {
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let table = self.build(&loaded, generation);
+        let weights = describe_weights(&table);
+        self.shared.table.store(Arc::new(table));
+        self.metrics().generation.set(generation as i64);
+        tracing::info!(generation, weights = %weights, "rollout weights published");
+    }
+
+    /// One evaluation of the rollouts; blocking (state files): run it in
+    /// `spawn_blocking`.
+    pub fn rollout_tick(&self) {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let table = self.shared.table.load_full();
+        let changed = self.rollouts.tick(&table, self.metrics());
+        if changed.weights {
+            self.publish_rollouts();
+        }
+        // Verdicts change every tick; states only once in force.
+        self.rollouts.show();
+        changed.save_pending(&self.rollouts);
+    }
+
+    /// A person's command on a route's rollout; blocking (state files).
+    pub fn rollout_command(&self, route: &str, command: Command) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = self.rollouts.command(route, command, self.metrics())?;
+        if changed.weights {
+            self.publish_rollouts();
+            self.rollouts.show();
+            changed.save_pending(&self.rollouts);
+        }
+        Ok(())
     }
 
     fn fail(&self, why: &str, message: String) {
@@ -173,6 +235,7 @@ impl App {
             ("listen.http", old.listen_http != new.listen_http),
             ("listen.https", old.listen_https != new.listen_https),
             ("admin.listen", old.admin != new.admin),
+            ("admin.token", old.admin_token != new.admin_token),
             ("timeouts", old.timeouts != new.timeouts),
             ("limits", old.limits != new.limits),
             ("server.workers", old.workers != new.workers),
@@ -311,7 +374,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&config.metric_buckets));
     let registry = EndpointRegistry::new(metrics.ejections.clone(), config.workers);
     registry.set_tls_configs(upstream_tls(&config)?);
-    let table = RoutingTable::build(&loaded, 1, &registry, &metrics);
+    let rollouts = Rollouts::default();
+    rollouts.sync(&config, &metrics);
+    let mut effective = loaded.clone();
+    rollouts.apply(&mut effective.config);
+    let table = RoutingTable::build(&effective, 1, &registry, &metrics);
+    rollouts.show();
     let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
     fit_open_files(&shared, config.limits.max_connections);
     let health = HealthCheckers::new(rt.handle().clone());
@@ -353,6 +421,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         reloading: Mutex::new(()),
         resolver,
+        rollouts,
+        loaded: Mutex::new(loaded),
+        admin_token: config.admin_token.clone(),
         analysis: Arc::default(),
         history: Arc::default(),
     });
@@ -375,6 +446,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             app.history.clone(),
             app.shared.clone(),
         ));
+        tokio::spawn(rollout_ticker(app.clone()));
         wait_for_stop(&app).await?;
 
         // `/readyz` answers 503 first, for `server.drain_delay`, while the
@@ -424,6 +496,7 @@ async fn wait_for_stop(app: &Arc<App>) -> anyhow::Result<()> {
     }
 }
 
+
 impl config::watch::Reloader for App {
     fn reload(&self, why: &str) {
         App::reload(self, why);
@@ -431,5 +504,20 @@ impl config::watch::Reloader for App {
 
     fn watched_files(&self) -> Vec<PathBuf> {
         App::watched_files(self)
+    }
+}
+
+/// How often the rollouts are evaluated.
+pub const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Evaluates the rollouts every [`ROLLOUT_TICK`] on a blocking thread, so a
+/// slow disk never holds up the control runtime.
+async fn rollout_ticker(app: Arc<App>) {
+    let mut every = tokio::time::interval(ROLLOUT_TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.rollout_tick()).await;
     }
 }

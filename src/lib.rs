@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod report;
+pub mod rollout;
 pub mod routing;
 pub mod status;
 pub mod tls;

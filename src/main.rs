@@ -64,6 +64,20 @@ enum Command {
         #[arg(long)]
         route: Option<String>,
     },
+    /// Show or steer a progressive rollout: status, pause, resume, promote,
+    /// abort (roll back now). The mutating verbs need admin.token, given
+    /// with --token or CUTOVER_ADMIN_TOKEN.
+    Rollout {
+        #[arg(value_parser = ["status", "pause", "resume", "promote", "abort"])]
+        verb: String,
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// The route; may be left out when only one route has a rollout.
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// The A/B verdicts of a running Cutover; exit 0 pass, 1 fail,
     /// 2 inconclusive, 3 when the admin endpoint cannot be read.
     Report {
@@ -111,6 +125,12 @@ fn main() -> ExitCode {
             edit_and_print(&config, route.as_deref(), Edit::Rollback { to: &to })
         }
         Command::Status { admin } => cutover::status::run(&admin),
+        Command::Rollout {
+            verb,
+            admin,
+            route,
+            token,
+        } => cutover::rollout::cli::run(&admin, &verb, route.as_deref(), token.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

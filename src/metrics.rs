@@ -85,6 +85,11 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub endpoint_healthy: IntGaugeVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
+    /// `cutover_rollout_step{route}`: the index of the rollout's step.
+    pub rollout_step: IntGaugeVec,
+    /// `cutover_rollout_state{route,state}`: 1 for the current state.
+    pub rollout_state: IntGaugeVec,
+    pub rollout_transitions: IntCounterVec,
     /// A/B evidence per (route, backend), kept across reloads like the
     /// Prometheus series (see `analysis`).
     evidence: Mutex<HashMap<(String, String), Arc<Evidence>>>,
@@ -204,6 +209,30 @@ impl Metrics {
             &["name"],
         )
         .expect("valid metric");
+        let rollout_step = IntGaugeVec::new(
+            Opts::new(
+                "cutover_rollout_step",
+                "The step (0-based index into `steps`) of a route's rollout.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let rollout_state = IntGaugeVec::new(
+            Opts::new(
+                "cutover_rollout_state",
+                "1 for the current state of a route's rollout: progressing, paused, promoted, rolled_back.",
+            ),
+            &["route", "state"],
+        )
+        .expect("valid metric");
+        let rollout_transitions = IntCounterVec::new(
+            Opts::new(
+                "cutover_rollout_transitions_total",
+                "Rollout transitions by the state entered.",
+            ),
+            &["route", "to"],
+        )
+        .expect("valid metric");
         let analysis_verdict = IntGaugeVec::new(
             Opts::new(
                 "cutover_analysis_verdict",
@@ -247,6 +276,9 @@ impl Metrics {
             Box::new(ejections.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(tls_cert_expiry.clone()),
+            Box::new(rollout_step.clone()),
+            Box::new(rollout_state.clone()),
+            Box::new(rollout_transitions.clone()),
             Box::new(analysis_verdict.clone()),
             Box::new(srm_alarm.clone()),
         ];
@@ -275,6 +307,9 @@ impl Metrics {
             ejections,
             endpoint_healthy,
             tls_cert_expiry,
+            rollout_step,
+            rollout_state,
+            rollout_transitions,
             evidence: Mutex::new(HashMap::new()),
             edges: buckets.to_vec(),
             analysis_verdict,

@@ -59,6 +59,11 @@ pub fn render(state: &Value) -> String {
             "\nroute {}\n",
             route["name"].as_str().unwrap_or("?")
         ));
+        if route["rollout"].is_object() {
+            let name = route["name"].as_str().unwrap_or("?");
+            out.push_str("  ");
+            out.push_str(&crate::rollout::cli::render(name, &route["rollout"]));
+        }
         out.push_str(&format!(
             "  {:<12} {:>6} {:>12} {:>10} {:>7} {:>7} {:>9} {:>9} {:>9}\n",
             "backend", "weight", "buckets", "requests", "5xx", "5xx %", "p50", "p90", "p99"

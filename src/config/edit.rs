@@ -137,6 +137,13 @@ fn edit_routes(
             .map(|(k, v)| (k.to_owned(), v.as_integer().unwrap_or(0)))
             .collect();
         changes.push(describe(&name, &old, &new));
+        // A rollout owns its route's weights: removing its section is what
+        // makes the file's weights win, even when they did not change.
+        if matches!(edit, Edit::Rollback { .. }) && table.remove("rollout").is_some() {
+            changes.push(format!(
+                "{name}: [routes.rollout] removed: the rollout ends, these weights are in force"
+            ));
+        }
     }
     if !matched {
         bail!("no route named \"{}\"", only.unwrap_or_default());
@@ -336,5 +343,17 @@ mod tests {
         );
         assert!(edit_routes(&mut doc, Some("new"), &Edit::Rollback { to: "blue" }).is_err());
         assert!(edit_routes(&mut doc, None, &Edit::Rollback { to: "red" }).is_err());
+    }
+
+    #[test]
+    fn rollback_removes_the_rollout_section() {
+        let text = "[[routes]]\nname = \"app\"\nweights = { blue = 100, green = 0 }\n[routes.rollout]\nid = \"v2\"\ncanary = \"green\"\nsteps = [50, 100]\n";
+        let mut doc: DocumentMut = text.parse().unwrap();
+        let changes = edit_routes(&mut doc, None, &Edit::Rollback { to: "blue" }).unwrap();
+        assert_eq!(
+            changes[1],
+            "app: [routes.rollout] removed: the rollout ends, these weights are in force"
+        );
+        assert!(!doc.to_string().contains("rollout"), "{doc}");
     }
 }

@@ -40,6 +40,12 @@ pub struct Config {
     /// Sorted by name.
     pub backends: Vec<BackendSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Where rollout state files live (`[rollout] state_dir`).
+    pub rollout_state_dir: PathBuf,
+    /// `admin.token`: turns on the mutating admin endpoints.
+    pub admin_token: Option<String>,
+    /// Where `admin.token` comes from, when one is configured.
+    pub admin_token_from: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +183,7 @@ pub struct RouteSpec {
     pub expose_backend_header: bool,
     /// Send a request elsewhere when its backend has nothing available.
     pub failover: bool,
+    pub rollout: Option<RolloutSpec>,
     /// The route's `analysis` table: how its backends are compared.
     pub analysis: AnalysisSpec,
 }
@@ -200,6 +207,31 @@ impl Default for AnalysisSpec {
             settings: crate::analysis::Settings::default(),
         }
     }
+}
+
+/// `[routes.rollout]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutSpec {
+    pub id: String,
+    /// The backend being released.
+    pub canary: String,
+    /// The backend it is compared with and that takes the rest of the
+    /// traffic: the route's other backend with the largest weight in the file.
+    pub baseline: String,
+    /// The canary's weight (percent) at each step; strictly increasing, the
+    /// last is 100.
+    pub steps: Vec<u32>,
+    pub hold: Duration,
+    /// Per side, per step, before the step can pass.
+    pub min_requests: u64,
+    pub on_failure: OnFailure,
+}
+
+/// What a `fail` verdict does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Rollback,
+    Pause,
 }
 
 /// Which `Host` a route answers; the port is ignored and case folded.

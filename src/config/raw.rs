@@ -28,6 +28,27 @@ pub struct RawConfig {
     pub backends: Spanned<BTreeMap<String, Spanned<RawBackend>>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// Settings shared by every route's `[routes.rollout]`.
+    #[serde(default)]
+    pub rollout: RawRolloutGlobal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRolloutGlobal {
+    pub state_dir: Option<Str>,
+}
+
+/// `[routes.rollout]`: a progressive rollout of one backend of the route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub id: Str,
+    pub canary: Str,
+    pub steps: Spanned<Vec<Spanned<i64>>>,
+    pub hold: Option<Str>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub on_failure: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +76,10 @@ pub struct RawCert {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Str,
+    /// Turns on the mutating admin endpoints, which then require it.
+    pub token: Option<Str>,
+    pub token_file: Option<Str>,
+    pub token_env: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +174,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub expose_backend_header: bool,
     pub failover: Option<bool>,
+    pub rollout: Option<Spanned<RawRollout>>,
     pub analysis: Option<Spanned<RawAnalysis>>,
 }
 

@@ -68,6 +68,13 @@ pub fn resolve(config: &mut Config) -> Result<(), ConfigError> {
             tls.ca_digest = std::fs::read(ca).ok().map(|pem| super::sha256_hex(&pem));
         }
     }
+    if let Some(from) = &config.admin_token_from {
+        match from.read() {
+            Ok(Some(v)) => config.admin_token = Some(v),
+            Ok(None) => {}
+            Err(d) => errors.push(d),
+        }
+    }
     for r in &mut config.routes {
         if let Some(s) = &mut r.sticky
             && let Some(from) = &s.secret_from

@@ -13,11 +13,12 @@ use toml::Spanned;
 use super::AnalysisSpec;
 use super::raw::RawAnalysis;
 use super::raw::{
-    RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRoute, RawSticky, Str,
+    RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRollout, RawRoute, RawSticky, Str,
 };
 use super::{
     BackendSpec, Balance, CertSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec,
-    HostMatch, Limits, OutlierSpec, OverrideSpec, RetrySpec, RouteSpec, SecretRef, SecretSource,
+    HostMatch, Limits, OnFailure, OutlierSpec, OverrideSpec, RetrySpec, RolloutSpec, RouteSpec,
+    SecretRef, SecretSource,
     StickySpec, Timeouts, TlsSpec, UpstreamTls,
 };
 
@@ -131,6 +132,18 @@ impl Validator<'_> {
             .admin
             .as_ref()
             .and_then(|a| self.socket_addr("admin.listen", &a.listen));
+        let (admin_token, admin_token_from) = raw.admin.as_ref().map_or((None, None), |a| {
+            let at = Spanned::new(a.listen.span(), ());
+            self.secret("admin", &at, &a.token, &a.token_file, &a.token_env, "token")
+        });
+        let rollout_state_dir = match &raw.rollout.state_dir {
+            Some(d) if d.get_ref().is_empty() => {
+                self.error(d, "rollout.state_dir: must not be empty".into());
+                self.dir.join(".cutover-state")
+            }
+            Some(d) => self.dir.join(d.get_ref()),
+            None => self.dir.join(".cutover-state"),
+        };
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             header_read: self.duration("timeouts.header_read", &t.header_read, 10),
@@ -243,6 +256,9 @@ impl Validator<'_> {
             metric_buckets,
             backends,
             routes,
+            rollout_state_dir,
+            admin_token,
+            admin_token_from,
         }
     }
 
@@ -687,6 +703,10 @@ impl Validator<'_> {
             );
         }
         let overrides = r.overrides.as_ref().map(|o| self.overrides(&key, o));
+        let rollout = r
+            .rollout
+            .as_ref()
+            .and_then(|ro| self.rollout(&key, ro, &weights));
         RouteSpec {
             name: r.name.get_ref().clone(),
             host,
@@ -697,6 +717,7 @@ impl Validator<'_> {
             drain: r.drain,
             expose_backend_header: r.expose_backend_header,
             failover: r.failover.unwrap_or(true),
+            rollout,
             analysis: r
                 .analysis
                 .as_ref()
@@ -782,6 +803,116 @@ impl Validator<'_> {
                 .as_secs_f64();
         }
         spec
+    }
+
+    /// `[routes.rollout]`: the canary is one of the route's backends, another
+    /// one with a positive weight is the baseline, the steps climb to 100.
+    fn rollout(
+        &mut self,
+        key: &str,
+        spanned: &Spanned<RawRollout>,
+        weights: &[(String, u32)],
+    ) -> Option<RolloutSpec> {
+        let key = format!("{key}.rollout");
+        let r = spanned.get_ref();
+        let mut ok = true;
+        let id = r.id.get_ref().trim();
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+            self.error(
+                &r.id,
+                format!("{key}.id: must be 1 to 128 printable characters"),
+            );
+            ok = false;
+        }
+        let canary = r.canary.get_ref();
+        if !weights.iter().any(|(b, _)| b == canary) {
+            let listed: Vec<&str> = weights.iter().map(|(b, _)| b.as_str()).collect();
+            self.error(
+                &r.canary,
+                format!(
+                    "{key}.canary: \"{canary}\" is not a backend of this route's weights (listed: {})",
+                    listed.join(", ")
+                ),
+            );
+            ok = false;
+        }
+        // The baseline: the other backend with the largest weight (the
+        // first by name on a tie).
+        let baseline = weights
+            .iter()
+            .filter(|(b, w)| b != canary && *w > 0)
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(b, _)| b.clone());
+        if baseline.is_none() && ok {
+            self.error(
+                spanned,
+                format!(
+                    "{key}: the route needs a baseline: a backend other than \"{canary}\" with a positive weight"
+                ),
+            );
+            ok = false;
+        }
+        let steps = r.steps.get_ref();
+        if steps.is_empty() {
+            self.error(
+                &r.steps,
+                format!("{key}.steps: at least one step is required"),
+            );
+            ok = false;
+        }
+        for (i, s) in steps.iter().enumerate() {
+            let v = *s.get_ref();
+            if !(1..=100).contains(&v) {
+                self.error(s, format!("{key}.steps[{i}]: {v} is out of range 1..=100"));
+                ok = false;
+            } else if i > 0 && v <= *steps[i - 1].get_ref() {
+                self.error(
+                    s,
+                    format!("{key}.steps[{i}]: {v} must be greater than the step before it"),
+                );
+                ok = false;
+            }
+        }
+        if let Some(last) = steps.last()
+            && *last.get_ref() != 100
+        {
+            self.error(
+                last,
+                format!(
+                    "{key}.steps: the last step must be 100 (the canary takes all the traffic)"
+                ),
+            );
+            ok = false;
+        }
+        let hold = self.duration(&format!("{key}.hold"), &r.hold, 300);
+        let min_requests = self.int(
+            &format!("{key}.min_requests"),
+            &r.min_requests,
+            500,
+            1,
+            1_000_000_000,
+        ) as u64;
+        let on_failure = match r.on_failure.as_ref().map(|o| (o, o.get_ref().as_str())) {
+            None | Some((_, "rollback")) => OnFailure::Rollback,
+            Some((_, "pause")) => OnFailure::Pause,
+            Some((o, other)) => {
+                self.error(
+                    o,
+                    format!("{key}.on_failure: \"{other}\" is not one of rollback, pause"),
+                );
+                OnFailure::Rollback
+            }
+        };
+        Some(RolloutSpec {
+            id: id.to_owned(),
+            canary: canary.clone(),
+            baseline: baseline?,
+            steps: steps.iter().map(|s| *s.get_ref() as u32).collect(),
+            hold,
+            min_requests,
+            on_failure,
+        })
+        .filter(|_| ok)
     }
 
     fn host(&mut self, key: &str, h: &Str) -> HostMatch {
@@ -1123,6 +1254,75 @@ mod tests {
             e.contains("c.toml:11:8: routes[1].name: duplicate route name \"a\""),
             "{e}"
         );
+    }
+
+    const ROLLOUT_ROUTE: &str =
+        "[[routes]]\nname = \"app\"\nweights = { blue = 100, green = 0 }\n[routes.rollout]\n";
+
+    #[test]
+    fn rollout_is_validated_with_locations() {
+        let ok = format!(
+            "{BASE}{ROLLOUT_ROUTE}id = \"v2\"\ncanary = \"green\"\nsteps = [1, 10, 50, 100]\nhold = \"2s\"\n"
+        );
+        let c = parse(Path::new("c.toml"), &ok).unwrap();
+        let r = c.routes[0].rollout.as_ref().unwrap();
+        assert_eq!(r.baseline, "blue");
+        assert_eq!(r.steps, vec![1, 10, 50, 100]);
+        assert_eq!(r.min_requests, 500);
+        assert_eq!(r.on_failure, OnFailure::Rollback);
+        assert_eq!(r.hold, Duration::from_secs(2));
+        assert_eq!(c.rollout_state_dir, Path::new(".cutover-state"));
+
+        let e = errors(&format!(
+            "{BASE}{ROLLOUT_ROUTE}id = \"v2\"\ncanary = \"gren\"\nsteps = [0, 10, 10, 50]\non_failure = \"panic\"\n"
+        ));
+        assert!(
+            e.contains("c.toml:12:10: routes[0].rollout.canary: \"gren\" is not a backend"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:13:10: routes[0].rollout.steps[0]: 0 is out of range 1..=100"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:13:17: routes[0].rollout.steps[2]: 10 must be greater"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:13:21: routes[0].rollout.steps: the last step must be 100"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:14:14: routes[0].rollout.on_failure: \"panic\""),
+            "{e}"
+        );
+
+        let e = errors(&format!(
+            "{BASE}[[routes]]\nname = \"app\"\nweights = {{ blue = 0, green = 10 }}\n[routes.rollout]\nid = \"v2\"\ncanary = \"green\"\nsteps = [100]\n"
+        ));
+        assert!(
+            e.contains("c.toml:10:1: routes[0].rollout: the route needs a baseline"),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{BASE}{ROLLOUT_ROUTE}id = \"v2\"\ncanary = \"green\"\nsteps = [100]\nspeed = 1\n"
+        ));
+        assert!(e.contains("routes[0].rollout.speed: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn admin_token_and_state_dir() {
+        let c = parse(
+            Path::new("/etc/c/c.toml"),
+            &format!("{BASE}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[rollout]\nstate_dir = \"/var/lib/cutover\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.rollout_state_dir, Path::new("/var/lib/cutover"));
+        let e = errors(&format!(
+            "{BASE}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"\"\n"
+        ));
+        assert!(e.contains("admin.token: must not be empty"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,422 @@
+//! The rollouts of a running proxy: which route has one, where each stands,
+//! and the weights they put in force.
+//!
+//! Everything here is synchronous and runs under the app's reload lock on a
+//! blocking thread (a reload, a tick from `spawn_blocking`, an admin command
+//! from `spawn_blocking`), so reloads, ticks, commands and their state-file
+//! writes happen one at a time, in order, and never on the control runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use super::evidence;
+use super::machine::{Command, Phase, Rollout};
+use super::store;
+use crate::analysis::evidence::Counts;
+use crate::config::{Config, RolloutSpec};
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+
+/// The rollouts of every route that has a `[routes.rollout]`.
+#[derive(Default)]
+pub struct Rollouts {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    dir: PathBuf,
+    routes: BTreeMap<String, Entry>,
+    /// What `/admin/state` shows: refreshed by [`Rollouts::show`] once the
+    /// weights of a transition are in force, never before.
+    shown: BTreeMap<String, Value>,
+}
+
+struct Entry {
+    plan: RolloutSpec,
+    /// `None` when the state file could not be used: see `problem`.
+    rollout: Option<Rollout>,
+    problem: Option<String>,
+    /// The step's evidence starts from these counters (per backend of the
+    /// route), taken at this step start and this instant.
+    base: Option<(f64, std::time::Instant, Vec<Counts>)>,
+    /// The last verdict, as its label.
+    verdict: &'static str,
+    /// The route's weights in the file.
+    file: Vec<(String, u32)>,
+}
+
+/// What a tick or command changed, for the caller to publish.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// The weights in force changed: build and publish a new table.
+    pub weights: bool,
+    /// States to write once the new table is published: those that took
+    /// weight away from a canary (a rollback must not wait for a disk).
+    /// Steps forward were written before, so a crash never moves users back.
+    pub pending: Vec<(String, Rollout)>,
+}
+
+impl Changed {
+    /// Writes the pending states (blocking).
+    pub fn save_pending(&self, rollouts: &Rollouts) {
+        let dir = rollouts.lock().dir.clone();
+        for (route, r) in &self.pending {
+            save(&dir, route, r);
+        }
+    }
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl Rollouts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the rollouts in line with a config just loaded (at start or
+    /// on reload), reading and writing state files. The file always wins:
+    /// a route whose `weights` differ from those its rollout started from,
+    /// or whose `[routes.rollout]` is gone, ends its rollout and serves the
+    /// file's weights from then on.
+    pub fn sync(&self, config: &Config, metrics: &Metrics) {
+        let mut inner = self.lock();
+        inner.dir.clone_from(&config.rollout_state_dir);
+        let dir = inner.dir.clone();
+        let now = now_unix();
+        // Sections removed from the file.
+        let gone: Vec<String> = inner
+            .routes
+            .keys()
+            .filter(|name| {
+                !config
+                    .routes
+                    .iter()
+                    .any(|r| &r.name == *name && r.rollout.is_some())
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(mut e) = inner.routes.remove(&name)
+                && let Some(r) = &mut e.rollout
+                && !r.phase.is_final()
+            {
+                r.end_by_file(
+                    &e.plan,
+                    now,
+                    "the rollout section was removed from the config file; the file's weights are in force".into(),
+                );
+                r.owns_weights = false;
+                transition_log(&name, r, metrics);
+                save(&dir, &name, r);
+            }
+            forget_metrics(metrics, &name);
+        }
+        for route in &config.routes {
+            let Some(plan) = &route.rollout else { continue };
+            let entry = match inner.routes.remove(&route.name) {
+                Some(e) if e.rollout.as_ref().is_some_and(|r| r.id == plan.id) => e,
+                Some(e) if e.rollout.is_none() && e.problem.is_some() => e,
+                _ => self.open(&dir, &route.name, plan, &route.weights, now, metrics),
+            };
+            let mut entry = Entry {
+                plan: plan.clone(),
+                file: route.weights.clone(),
+                ..entry
+            };
+            if let Some(r) = &mut entry.rollout {
+                r.realign(plan);
+                if r.owns_weights && r.file_weights != route.weights {
+                    r.end_by_file(
+                        plan,
+                        now,
+                        format!(
+                            "the config file's weights changed ({} -> {}); the file's weights are in force",
+                            describe(&r.file_weights),
+                            describe(&route.weights)
+                        ),
+                    );
+                    r.owns_weights = false;
+                    transition_log(&route.name, r, metrics);
+                    save(&dir, &route.name, r);
+                }
+            }
+            record_metrics(metrics, &route.name, entry.rollout.as_ref());
+            inner.routes.insert(route.name.clone(), entry);
+        }
+    }
+
+    /// The entry of a rollout the process has not followed yet: resumed from
+    /// its state file, or started.
+    fn open(
+        &self,
+        dir: &Path,
+        route: &str,
+        plan: &RolloutSpec,
+        weights: &[(String, u32)],
+        now: f64,
+        metrics: &Metrics,
+    ) -> Entry {
+        let mut entry = Entry {
+            plan: plan.clone(),
+            rollout: None,
+            problem: None,
+            base: None,
+            verdict: "inconclusive",
+            file: weights.to_vec(),
+        };
+        match store::load(dir, route) {
+            Ok(Some(r)) if r.id == plan.id => {
+                tracing::info!(route, id = %r.id, state = r.phase.as_str(), canary_weight = r.canary_weight, "rollout resumed from its state file");
+                entry.rollout = Some(r);
+            }
+            Ok(_) => {
+                let r = Rollout::start(plan, weights, now);
+                transition_log(route, &r, metrics);
+                if let Err(e) = store::save(dir, route, &r) {
+                    entry.problem = Some(format!(
+                        "{e}; the rollout waits (paused) until it can record its state"
+                    ));
+                    tracing::error!(route, error = %e, "cannot write the rollout state; the rollout is paused");
+                } else {
+                    entry.rollout = Some(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(route, error = %e, "rollout state unusable; the rollout is paused and the file's weights are in force until `cutover rollout resume`, which starts it again at its first step");
+                entry.problem = Some(e.to_string());
+            }
+        }
+        entry
+    }
+
+    /// Replaces the weights of every route whose rollout owns them.
+    pub fn apply(&self, config: &mut Config) {
+        let inner = self.lock();
+        for route in &mut config.routes {
+            let Some(e) = inner.routes.get(&route.name) else {
+                continue;
+            };
+            let Some(r) = e.rollout.as_ref().filter(|r| r.owns_weights) else {
+                continue;
+            };
+            route.weights = r.weights(&e.plan, &route.weights);
+            if r.phase == Phase::RolledBack {
+                // Every user back on the baseline, sticky ones included.
+                route.drain = false;
+            }
+        }
+    }
+
+    /// One evaluation of every progressing rollout on the evidence since
+    /// its step started.
+    pub fn tick(&self, table: &RoutingTable, metrics: &Metrics) -> Changed {
+        let mut inner = self.lock();
+        let dir = inner.dir.clone();
+        let now = now_unix();
+        let mut changed = Changed::default();
+        for (name, e) in inner.routes.iter_mut() {
+            let Some(r) = &mut e.rollout else { continue };
+            let Some(route) = table.routes.iter().find(|t| &*t.name == name) else {
+                continue;
+            };
+            if e.base.as_ref().is_none_or(|b| b.0 != r.step_started_unix) {
+                let now = std::time::Instant::now();
+                e.base = Some((r.step_started_unix, now, evidence::snapshot(route)));
+            }
+            let Some(base) = &e.base else { continue };
+            if r.phase != Phase::Progressing {
+                continue;
+            }
+            let j = evidence::judge(route, &e.plan, &base.2, base.1.elapsed());
+            e.verdict = j.label;
+            let before = r.clone();
+            let o = super::machine::Observation {
+                now_unix: now,
+                verdict: j.verdict,
+                canary_requests: j.canary_requests,
+                baseline_requests: j.baseline_requests,
+                reasons: j.reasons,
+            };
+            if !r.tick(&e.plan, &o) {
+                continue;
+            }
+            transition_log(name, r, metrics);
+            record_metrics(metrics, name, e.rollout.as_ref());
+            changed.weights = true;
+            let Some(r) = &mut e.rollout else { continue };
+            if r.canary_weight <= before.canary_weight {
+                changed.pending.push((name.clone(), r.clone()));
+                continue;
+            }
+            if let Err(err) = store::save(&dir, name, r) {
+                // Never move forward without a record of it: a restart
+                // would move users back.
+                *r = before;
+                let _ = r.command(&e.plan, Command::Pause, now);
+                r.reason = format!("cannot record the next step: {err}");
+                transition_log(name, r, metrics);
+                tracing::error!(route = %name, error = %err, "cannot write the rollout state");
+                changed.pending.push((name.clone(), r.clone()));
+                record_metrics(metrics, name, e.rollout.as_ref());
+            }
+        }
+        changed
+    }
+
+    /// A person's command on `route`'s rollout.
+    pub fn command(&self, route: &str, c: Command, metrics: &Metrics) -> Result<Changed, String> {
+        let mut inner = self.lock();
+        let dir = inner.dir.clone();
+        let now = now_unix();
+        let Some(e) = inner.routes.get_mut(route) else {
+            return Err(format!("route \"{route}\" has no rollout"));
+        };
+        if e.rollout.is_none() && c == Command::Resume {
+            // After a corrupt state file, a person chose to start again.
+            let r = Rollout::start(&e.plan, &e.file, now);
+            e.rollout = Some(r);
+            e.problem = None;
+        }
+        let Some(r) = &mut e.rollout else {
+            return Err(format!(
+                "{}; `cutover rollout resume` starts the rollout again at its first step",
+                e.problem.as_deref().unwrap_or("no state")
+            ));
+        };
+        let before = r.canary_weight;
+        r.command(&e.plan, c, now)?;
+        transition_log(route, r, metrics);
+        let mut changed = Changed {
+            weights: true,
+            pending: Vec::new(),
+        };
+        if r.canary_weight <= before {
+            changed.pending.push((route.to_owned(), r.clone()));
+        } else if let Err(err) = store::save(&dir, route, r) {
+            tracing::error!(route, error = %err, "cannot write the rollout state");
+        }
+        record_metrics(metrics, route, e.rollout.as_ref());
+        Ok(changed)
+    }
+
+    /// Makes the current states what `/admin/state` shows; called once
+    /// their weights are in force.
+    pub fn show(&self) {
+        let mut inner = self.lock();
+        let shown = inner
+            .routes
+            .iter()
+            .map(|(name, e)| (name.clone(), describe_entry(e)))
+            .collect();
+        inner.shown = shown;
+    }
+
+    /// The `rollout` object of `/admin/state` for `route`, if it has one.
+    pub fn describe(&self, route: &str) -> Option<Value> {
+        self.lock().shown.get(route).cloned()
+    }
+
+    /// The names of the routes that have a rollout.
+    pub fn routes(&self) -> Vec<String> {
+        self.lock().shown.keys().cloned().collect()
+    }
+}
+
+fn describe_entry(e: &Entry) -> Value {
+    {
+        match &e.rollout {
+            None => json!({
+                "id": e.plan.id,
+                "state": "paused",
+                "step": null,
+                "canary": e.plan.canary,
+                "canary_weight": null,
+                "steps": e.plan.steps,
+                "step_started_unix": null,
+                "reason": e.problem,
+                "verdict": e.verdict,
+                "owns_weights": false,
+            }),
+            Some(r) => json!({
+                "id": r.id,
+                "state": r.phase.as_str(),
+                "step": r.step,
+                "canary": e.plan.canary,
+                "baseline": e.plan.baseline,
+                "canary_weight": r.canary_weight,
+                "steps": e.plan.steps,
+                "step_started_unix": r.step_started_unix,
+                "hold_seconds": e.plan.hold.as_secs_f64(),
+                "min_requests": e.plan.min_requests,
+                "reason": r.reason,
+                "verdict": e.verdict,
+                "verdict_reasons": r.verdict,
+                "owns_weights": r.owns_weights,
+                "history": r.history,
+            }),
+        }
+    }
+}
+
+fn save(dir: &Path, route: &str, r: &Rollout) {
+    if let Err(e) = store::save(dir, route, r) {
+        tracing::error!(route, error = %e, "cannot write the rollout state");
+    }
+}
+
+/// "blue=100 green=0".
+fn describe(weights: &[(String, u32)]) -> String {
+    weights
+        .iter()
+        .map(|(b, w)| format!("{b}={w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The one log line of a transition, with its evidence.
+fn transition_log(route: &str, r: &Rollout, metrics: &Metrics) {
+    metrics
+        .rollout_transitions
+        .with_label_values(&[route, r.phase.as_str()])
+        .inc();
+    tracing::info!(
+        route,
+        id = %r.id,
+        to = r.phase.as_str(),
+        step = r.step,
+        canary_weight = r.canary_weight,
+        reason = %r.reason,
+        evidence = %r.verdict.join("; "),
+        "rollout transition"
+    );
+}
+
+fn record_metrics(metrics: &Metrics, route: &str, r: Option<&Rollout>) {
+    let phase = r.map_or(Phase::Paused, |r| r.phase);
+    for p in Phase::ALL {
+        metrics
+            .rollout_state
+            .with_label_values(&[route, p.as_str()])
+            .set(i64::from(p == phase));
+    }
+    let step = r.map_or(0, |r| r.step as i64);
+    metrics.rollout_step.with_label_values(&[route]).set(step);
+}
+
+fn forget_metrics(metrics: &Metrics, route: &str) {
+    for p in Phase::ALL {
+        let _ = metrics
+            .rollout_state
+            .remove_label_values(&[route, p.as_str()]);
+    }
+    let _ = metrics.rollout_step.remove_label_values(&[route]);
+}

@@ -1,0 +1,67 @@
+//! The verdict a rollout step is judged on: the canary against its baseline
+//! on the evidence since the step started, with the A/B verdict of
+//! [`crate::analysis`] (anytime-valid error-rate and latency tests and the
+//! sample-ratio alarm, under the route's `analysis` settings).
+//!
+//! The evidence windows are differences of the lock-free counters the
+//! request path keeps per (route, backend), read off the request path.
+
+use std::time::Duration;
+
+use crate::analysis::evidence::Counts;
+use crate::analysis::{Kind, window};
+use crate::config::RolloutSpec;
+use crate::routing::table::Route;
+
+use super::machine::Verdict;
+
+/// The counters of every backend of `route` now, aligned with
+/// `route.backends`: where a step's evidence starts.
+pub fn snapshot(route: &Route) -> Vec<Counts> {
+    window::snapshot(route)
+}
+
+/// What the step's evidence says.
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// `pass`, `fail` or `inconclusive`, as the analysis reads it.
+    pub label: &'static str,
+    pub reasons: Vec<String>,
+    pub canary_requests: u64,
+    pub baseline_requests: u64,
+}
+
+/// Judges the canary of `plan` against its baseline on what `route` saw
+/// since `start` (a [`snapshot`] taken `elapsed` ago). A sample-ratio alarm
+/// makes the comparison biased: it is reported as such, whatever the rest.
+pub fn judge(route: &Route, plan: &RolloutSpec, start: &[Counts], elapsed: Duration) -> Judgement {
+    let counts: Vec<Counts> = snapshot(route)
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.since(start.get(i).unwrap_or(&Counts::default())))
+        .collect();
+    let a = window::judge(route, &plan.baseline, &counts, elapsed);
+    let Some(j) = a.comparisons.iter().find(|j| j.backend == plan.canary) else {
+        return Judgement {
+            verdict: Verdict::Inconclusive,
+            label: Kind::Inconclusive.as_str(),
+            reasons: vec![format!("no comparison of {} yet", plan.canary)],
+            canary_requests: 0,
+            baseline_requests: 0,
+        };
+    };
+    let kind = j.comparison.kind;
+    let verdict = match kind {
+        Kind::Fail => Verdict::Fail,
+        Kind::Pass => Verdict::Pass,
+        Kind::Inconclusive if a.srm.alarm => Verdict::SrmAlarm,
+        Kind::Inconclusive => Verdict::Inconclusive,
+    };
+    Judgement {
+        verdict,
+        label: kind.as_str(),
+        reasons: j.comparison.reasons.clone(),
+        canary_requests: j.green.requests,
+        baseline_requests: j.blue.requests,
+    }
+}
