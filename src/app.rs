@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use crate::config::{self, Config, HealthSpec, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::server::spawn_workers;
-use crate::proxy::{Listeners, Shared};
+use crate::proxy::{Listeners, Shared, listener};
 use crate::rollout::Rollouts;
 use crate::rollout::machine::Command;
 use crate::routing::RoutingTable;
@@ -385,8 +385,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let health = HealthCheckers::new(rt.handle().clone());
     health.sync(&shared.table.load().backends, &health_specs(&config));
     let http = config.listen_http.context("listen.http is required")?;
-    let listeners = Listeners::bind(http, config.workers)
-        .with_context(|| format!("cannot listen on {http}"))?;
+    // Every listener is bound before anything is served, so an address in
+    // use stops the start with nothing half running.
+    let listeners = Listeners::bind(http, config.workers).context("listen.http")?;
     tracing::info!(listener = "http", addr = %listeners.addr, workers = config.workers, "listening");
     let mut resolver = None;
     let https = match config.listen_https {
@@ -400,11 +401,14 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             });
             let acceptor = TlsAcceptor::from(crate::tls::server_config(r.clone())?);
             resolver = Some(r);
-            let l = Listeners::bind(addr, config.workers)
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let l = Listeners::bind(addr, config.workers).context("listen.https")?;
             tracing::info!(listener = "https", addr = %l.addr, "listening");
             Some((l, acceptor))
         }
+    };
+    let admin = match config.admin {
+        Some(addr) => Some(listener::bind(addr).context("admin.listen")?),
+        None => None,
     };
     let (stop, stopped) = watch::channel(false);
     let workers = spawn_workers(shared.clone(), listeners, https, stopped);
@@ -430,10 +434,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     app.record_success(1);
 
     let result = rt.block_on(async {
-        if let Some(addr) = config.admin {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+        if let Some(admin) = admin {
+            let listener = tokio::net::TcpListener::from_std(admin)?;
             tracing::info!(listener = "admin", addr = %listener.local_addr()?, "listening");
             tokio::spawn(crate::admin::serve(listener, app.clone()));
         }
@@ -495,7 +497,6 @@ async fn wait_for_stop(app: &Arc<App>) -> anyhow::Result<()> {
         }
     }
 }
-
 
 impl config::watch::Reloader for App {
     fn reload(&self, why: &str) {

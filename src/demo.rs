@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use bytes::Bytes;
 use http::{Response, header};
 use http_body_util::Full;
@@ -39,6 +40,11 @@ expose_backend_header = true
 "#;
 
 pub fn run(http: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    // Fail before starting anything when an address is taken; `app::run`
+    // binds them again (and would refuse them the same way).
+    for (flag, addr) in [("--http", http), ("--admin", admin)] {
+        drop(crate::proxy::listener::bind(addr).context(flag)?);
+    }
     let blue = start_backend("blue", "v1.0")?;
     let green = start_backend("green", "v2.0")?;
     let dir = std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()));

@@ -18,8 +18,7 @@ use super::raw::{
 use super::{
     BackendSpec, Balance, CertSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec,
     HostMatch, Limits, OnFailure, OutlierSpec, OverrideSpec, RetrySpec, RolloutSpec, RouteSpec,
-    SecretRef, SecretSource,
-    StickySpec, Timeouts, TlsSpec, UpstreamTls,
+    SecretRef, SecretSource, StickySpec, Timeouts, TlsSpec, UpstreamTls,
 };
 
 /// HTTP/2 streams per connection at most: each may hold a request in

@@ -1,4 +1,4 @@
-//! The data plane: worker threads and their listeners (`server`), the
+//! The data plane: listening sockets (`listener`), worker threads (`server`), the
 //! per-connection IO wrapper (`io`), the request path (`handler`) with its
 //! header rules (`headers`), bodies (`body`), upgrades (`upgrade`) and the one
 //! place errors become responses (`error`).
@@ -9,7 +9,9 @@ pub mod forward;
 pub mod handler;
 pub mod headers;
 pub mod io;
+pub mod listener;
 pub mod server;
 pub mod upgrade;
 
-pub use server::{Listeners, Shared};
+pub use listener::Listeners;
+pub use server::Shared;

@@ -1,10 +1,10 @@
 //! Thread per core: each worker thread runs its own current-thread runtime,
-//! accepts on its own `SO_REUSEPORT` socket (the kernel spreads connections),
-//! and owns its upstream client. Workers share only the routing table
-//! (`ArcSwap`), metrics and the connection limit.
+//! accepts on its own descriptor of the one listening socket (`listener`;
+//! whichever worker is free takes the next connection), and owns its
+//! upstream client. Workers share only the routing table (`ArcSwap`),
+//! metrics and the connection limit.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
 use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked};
+use super::listener::Listeners;
 use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
@@ -93,39 +93,8 @@ impl Drop for ConnSlot {
     }
 }
 
-/// One listening socket per worker, all bound to the same address.
-pub struct Listeners {
-    pub addr: SocketAddr,
-    sockets: Vec<std::net::TcpListener>,
-}
-
-impl Listeners {
-    /// Binds `addr` `n` times with `SO_REUSEPORT`; port 0 is resolved by the
-    /// first bind and reused by the others.
-    pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Listeners> {
-        let first = reuseport_listener(addr)?;
-        let addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..n {
-            sockets.push(reuseport_listener(addr)?);
-        }
-        Ok(Listeners { addr, sockets })
-    }
-}
-
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
-
-/// Starts one worker thread per `http` listener socket; each also accepts on
-/// its share of the `https` sockets. Each returns once `shutdown` turned
+/// Starts one worker thread per `http` listener descriptor; each also
+/// accepts on its descriptor of the `https` socket. Each returns once `shutdown` turned
 /// true and its connections finished.
 pub fn spawn_workers(
     shared: Arc<Shared>,

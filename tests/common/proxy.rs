@@ -191,3 +191,52 @@ impl Drop for Proxy {
         let _ = self.child.wait();
     }
 }
+
+/// What a `cutover` process that ran to its end printed.
+pub struct Exited {
+    /// `None`: still running after `within`, so it was killed.
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cutover ARGS` and waits up to `within` for it to exit (else kills
+/// it). Blocking: call it from `spawn_blocking` in async tests.
+pub fn run_to_exit(args: &[&str], within: Duration) -> Exited {
+    use std::io::Read;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cutover starts");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    Exited {
+        status,
+        stdout,
+        stderr,
+    }
+}
