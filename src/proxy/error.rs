@@ -118,11 +118,12 @@ impl ProxyError {
 
 /// The client's own request body failed (a bad chunk line, a chunk size
 /// that overflows, a connection cut midway): hyper's client reports it as a
-/// user body error caused by the server side's `hyper::Error`. That is the
+/// user body error caused by the server side's `hyper::Error` (wrapped in a
+/// `BodyError` by the body_idle deadline). That is the
 /// client's fault (400), not the endpoint's.
 pub fn is_client_body(err: &UpstreamError) -> bool {
     matches!(err, UpstreamError::Http(h) if h.is_user()
-        && h.source().is_some_and(|s| s.is::<hyper::Error>()))
+        && h.source().is_some_and(|s| s.is::<hyper::Error>() || s.is::<crate::upstream::body::BodyError>()))
 }
 
 /// Classifies an error of the upstream client.
