@@ -61,7 +61,7 @@ pub fn run(http: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         "Cutover demo: blue (v1.0) is live, green (v2.0) gets 10% of new users.
 
   proxy   http://{http}/
-  admin   http://{admin}/admin/state   (also /metrics, /healthz)
+  admin   http://{admin}/   (the live dashboard; also /admin/state, /admin/analysis, /metrics)
   config  {p}   (watched: edit the weights and save)
 
 Try, in another terminal:
@@ -70,6 +70,7 @@ Try, in another terminal:
   cargo run --release -- set --config {p} blue=50 green=50
   cargo run --release -- rollback --config {p} --to blue
   cargo run --release -- status --admin http://{admin}
+  cargo run --release -- report --admin http://{admin}                  # blue vs green verdict
 Ctrl-C stops the demo.
 "
     );
