@@ -5,10 +5,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub fn run(admin: &str, route: Option<&str>, json: bool) -> ExitCode {
@@ -26,37 +22,7 @@ pub fn run(admin: &str, route: Option<&str>, json: bool) -> ExitCode {
 }
 
 fn fetch(admin: &str) -> anyhow::Result<Value> {
-    let base = admin.trim_end_matches('/');
-    let uri: http::Uri = format!("{base}/admin/analysis")
-        .parse()
-        .context("--admin must be a URL like http://127.0.0.1:9901")?;
-    let authority = uri
-        .authority()
-        .context("--admin needs host:port")?
-        .to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let body = rt.block_on(async {
-        let connect = tokio::net::TcpStream::connect(&authority);
-        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
-            .await
-            .with_context(|| format!("timed out connecting to {authority}"))?
-            .with_context(|| format!("cannot connect to {authority}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::get(uri.path())
-            .header("host", &authority)
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "admin answered {}",
-            resp.status()
-        );
-        anyhow::Ok(resp.into_body().collect().await?.to_bytes())
-    })?;
+    let body = crate::admin_client::request(admin, "GET", "/admin/analysis", None)?;
     Ok(serde_json::from_slice(&body)?)
 }
 

@@ -1,42 +1,10 @@
 //! `cutover status`: `/admin/state` as a small table for a terminal, the
 //! variants of each route side by side.
 
-use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub fn run(admin: &str) -> anyhow::Result<()> {
-    let base = admin.trim_end_matches('/');
-    let uri: http::Uri = format!("{base}/admin/state")
-        .parse()
-        .context("--admin must be a URL like http://127.0.0.1:9901")?;
-    let authority = uri
-        .authority()
-        .context("--admin needs host:port")?
-        .to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let body = rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(&authority)
-            .await
-            .with_context(|| format!("cannot connect to {authority}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let req = http::Request::get(uri.path())
-            .header("host", &authority)
-            .body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "admin answered {}",
-            resp.status()
-        );
-        anyhow::Ok(resp.into_body().collect().await?.to_bytes())
-    })?;
+    let body = crate::admin_client::request(admin, "GET", "/admin/state", None)?;
     let state: Value = serde_json::from_slice(&body)?;
     print!("{}", render(&state));
     Ok(())

@@ -2,10 +2,9 @@
 //! `/admin/rollout` from a terminal.
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
+
+use crate::admin_client::request;
 
 /// Runs `verb` against the admin listener at `admin`; `route` may be left
 /// out when exactly one route has a rollout. The token comes from `token`
@@ -57,49 +56,6 @@ pub fn run(
     let state: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     print!("{}", render(&route, &state));
     Ok(())
-}
-
-/// One HTTP/1.1 request to the admin listener; the body of a 2xx answer.
-fn request(base: &str, method: &str, path: &str, token: Option<&str>) -> anyhow::Result<Bytes> {
-    let uri: http::Uri = format!("{base}{path}")
-        .parse()
-        .context("--admin must be a URL like http://127.0.0.1:9901")?;
-    let authority = uri
-        .authority()
-        .context("--admin needs host:port")?
-        .to_string();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let connect = tokio::net::TcpStream::connect(&authority);
-        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
-            .await
-            .with_context(|| format!("cannot connect to {authority}: timed out"))?
-            .with_context(|| format!("cannot connect to {authority}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(uri.path())
-            .header("host", &authority);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::new()))?)
-            .await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!(
-                "admin answered {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            );
-        }
-        Ok(body)
-    })
 }
 
 /// A rollout object of `/admin/state` or `/admin/rollout` for a terminal.
