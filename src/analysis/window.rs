@@ -75,16 +75,7 @@ impl Windows {
                 .iter()
                 .map(|b| (b.backend.name.to_string(), b.weight))
                 .collect();
-            let snap: Vec<Counts> = route
-                .backends
-                .iter()
-                .map(|b| {
-                    b.metrics
-                        .evidence()
-                        .map(|e| e.snapshot())
-                        .unwrap_or_default()
-                })
-                .collect();
+            let snap = snapshot(route);
             let h = histories
                 .entry(route.name.to_string())
                 .or_insert_with(|| History {
