@@ -117,3 +117,67 @@ async fn a_silent_backend_gets_the_body_after_a_second() {
     let resp = c.read_response().await.unwrap();
     assert_eq!((resp.status, resp.text().as_str()), (200, "hello"));
 }
+
+/// The general case, without `Expect`: the backend answers 413 as soon as
+/// it has the head and keeps the connection open, so the body that follows
+/// on it would be read as the next request. The proxy must never send
+/// another request on a connection whose request body was not all sent
+/// when the answer came (nginx's `request_body_sent` rule).
+#[tokio::test]
+async fn a_connection_answered_before_its_body_was_sent_is_not_reused() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let backend = RawBackend::start(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            while let Some(head) = c.read_head().await {
+                if head[0].starts_with("POST /up ") {
+                    let _ = c
+                        .write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    // A naive backend: what follows is "the next request".
+                    let after = c.read_until_close(Duration::from_secs(4)).await;
+                    let _ = tx.send(after);
+                    return;
+                }
+                let _ = c
+                    .write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[server]\nworkers = 2\n\n\
+         [backends.blue]\nendpoints = [\"{}\"]\n\n\
+         [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
+        backend.addr
+    ))
+    .await;
+    let mut c = RawConn::connect(p.http).await;
+    c.send(b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    let resp = c.read_response().await.unwrap();
+    assert_eq!(resp.status, 413, "{resp:?}");
+    // The rest of the body, after the answer.
+    c.send(b"world").await.unwrap();
+    // Later requests, spread over a second: any of them would land on the
+    // answered connection if it went back to the pool.
+    // (Two workers: this is where the old code reused it, 3 runs in 4.)
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = common::raw::roundtrip(p.http, b"GET /next HTTP/1.1\r\nHost: app\r\n\r\n").await;
+        statuses.push(r.map_or(0, |r| r.status));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = tokio::time::timeout(Duration::from_secs(8), rx.recv())
+        .await
+        .expect("the backend's early-answered connection ended")
+        .unwrap();
+    let after = String::from_utf8_lossy(&after);
+    assert!(
+        !after.contains("GET /next"),
+        "a request went out on the connection answered before its body: {after:?}"
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}

@@ -158,6 +158,17 @@ pub async fn forward<'t>(
                 {
                     lease.forbid_reuse();
                 }
+                // Answered before the client's body was all sent: the
+                // backend may not read the rest, and would then take it for
+                // the next request. The body still goes on (a backend may
+                // answer while it reads), but the connection closes after
+                // it (nginx's `request_body_sent` rule).
+                if uploading
+                    .as_ref()
+                    .is_some_and(|u| u.load(Ordering::Relaxed) != 0)
+                {
+                    lease.forbid_reuse();
+                }
                 let status = resp.status();
                 // Gateway failures count by default (Envoy's
                 // consecutive_gateway_failure); an app's own 5xx only with
