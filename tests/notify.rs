@@ -498,3 +498,32 @@ async fn a_webhook_that_never_answers_or_is_unreachable_never_delays_a_rollback(
     assert_eq!(failed, 2);
     assert_eq!(count(&p1.metrics().await, "sent"), 0.0);
 }
+
+#[test]
+fn cutover_check_points_at_a_bad_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[rollout]\nnotify = { webhook = \"hooks.example.com/x\" }\n\
+         [backends.blue]\nendpoints = [\"127.0.0.1:1\"]\n[backends.green]\nendpoints = [\"127.0.0.1:2\"]\n\
+         [[routes]]\nname = \"app\"\nweights = { blue = 100, green = 0 }\n[routes.rollout]\n\
+         id = \"v2\"\ncanary = \"green\"\nsteps = [100]\nnotify = { webhook = \"http://\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::proxy::bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.toml:4:22: rollout.notify.webhook: \"hooks.example.com/x\" is not a webhook URL: the scheme must be http:// or https://"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:16:22: routes[0].rollout.notify.webhook: \"http://\" is not a webhook URL: a host is required"),
+        "{err}"
+    );
+}

@@ -943,6 +943,12 @@ impl Validator<'_> {
             _ if !text.starts_with("http://") && !text.starts_with("https://") => {
                 "the scheme must be http:// or https://".into()
             }
+            _ if text
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('/')) =>
+            {
+                "a host is required".into()
+            }
             Err(e) => e.to_string(),
             Ok(u) if u.host().is_none_or(str::is_empty) => "a host is required".into(),
             Ok(u) => return Some(NotifySpec { webhook: u }),

@@ -462,6 +462,36 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let metrics = crate::metrics::Metrics::new(&[0.1]);
+        let outbox = Outbox::default();
+        let plan = plan();
+        let r = Rollout::start(&plan, &[("blue".into(), 100), ("green".into(), 0)], 1.0);
+        for _ in 0..QUEUE + 10 {
+            outbox.stage("app", &plan, &r, None, &metrics.notifications);
+        }
+        // No delivery task runs: the queue fills and the rest is dropped.
+        let started = std::time::Instant::now();
+        outbox.flush();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let dropped = metrics.notifications.with_label_values(&["app", "dropped"]);
+        assert_eq!(dropped.get(), 10);
+        let mut rx = outbox.receiver().unwrap();
+        let mut queued = 0;
+        while rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, QUEUE);
+        // A plan without a webhook stages nothing.
+        let quiet = RolloutSpec {
+            notify: None,
+            ..plan
+        };
+        outbox.stage("app", &quiet, &r, None, &metrics.notifications);
+        assert!(lock(&outbox.staged).is_empty());
+    }
+
+    #[test]
     fn webhooks_are_logged_without_their_secret_path() {
         let u: Uri = "https://hooks.slack.com/services/T0/B0/SECRET"
             .parse()
