@@ -1,6 +1,6 @@
 //! Rollout notifications (issue 15, item 6) against the real binary: a real
-//! HTTP server receives the webhook events of real rollouts; retries on 5xx
-//! and not on 4xx; a webhook that never answers or is unreachable never
+//! HTTP server receives the webhook events of real rollouts (one over TLS);
+//! retries on 5xx and not on 4xx; a webhook that never answers or is unreachable never
 //! delays a rollback.
 //!
 //! Times are printed (`--nocapture`) and asserted against generous bounds:
@@ -360,7 +360,13 @@ async fn a_promotion_sends_one_event_per_step_in_order_to_the_global_webhook() {
         "{}",
         events[2]
     );
-    assert_eq!(count(&p.metrics().await, "sent"), 3.0);
+    // Counted once the answer is in, just after the receiver saw the event.
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            count(&p.metrics().await, "sent") == 3.0
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,5 +531,111 @@ fn cutover_check_points_at_a_bad_webhook() {
     assert!(
         err.contains("c.toml:16:22: routes[0].rollout.notify.webhook: \"http://\" is not a webhook URL: a host is required"),
         "{err}"
+    );
+}
+
+/// An `https://` webhook whose certificate the proxy trusts through
+/// `SSL_CERT_FILE` (read by the system-roots loader): the event arrives over
+/// TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_gets_its_events_over_tls() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "notify test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages.push(KeyUsagePurpose::DigitalSignature);
+    leaf.extended_key_usages
+        .push(ExtendedKeyUsagePurpose::ServerAuth);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_der = leaf.signed_by(&leaf_key, &issuer).unwrap().der().clone();
+    let key = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf_der], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let ev = events.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, ev) = (acceptor.clone(), ev.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let ev = ev.clone();
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        ev.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let (blue, green) = (flaky("blue").await, flaky("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(
+        &path,
+        config(
+            &blue,
+            &green,
+            &notify(&format!("https://localhost:{port}/hook")),
+            "steps = [50, 100]\nhold = \"1h\"",
+        ),
+    )
+    .unwrap();
+    let ca_file = ca_file.to_str().unwrap().to_owned();
+    let p = Proxy::start_at(dir, path, &[("SSL_CERT_FILE", &ca_file)]).await;
+    assert!(
+        common::eventually(Duration::from_secs(10), || async {
+            !events.lock().unwrap().is_empty()
+        })
+        .await,
+        "{:?}",
+        p.logs()
+    );
+    assert_eq!(events.lock().unwrap()[0]["to"], "progressing");
+    // Counted once the answer is in, just after the receiver saw the event.
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            count(&p.metrics().await, "sent") == 1.0
+        })
+        .await
     );
 }
