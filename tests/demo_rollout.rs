@@ -163,3 +163,28 @@ async fn a_healthy_demo_green_climbs_past_the_first_step() {
         "the hold is 20 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_slow_in_the_demo_rolls_back_on_latency() {
+    let mut demo = start().await;
+    demo.wait(Duration::from_secs(20), |r| r["state"] == "progressing")
+        .await;
+    let slow_at = Instant::now();
+    demo.type_line("slow");
+    // 50 ms against a 10 ms threshold: decided as soon as the analysis has
+    // its 200 requests per side.
+    let r = demo
+        .wait(Duration::from_secs(40), |r| r["state"] == "rolled_back")
+        .await;
+    println!(
+        "demo: `slow` typed -> rolled back in {:.2?}: {}",
+        slow_at.elapsed(),
+        r["reason"]
+    );
+    let reason = r["reason"].as_str().unwrap();
+    let first = reason.split("; ").next().unwrap();
+    assert!(
+        first.contains("latency") || first.contains("slower"),
+        "{reason}"
+    );
+}
