@@ -449,6 +449,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             app.shared.clone(),
         ));
         tokio::spawn(rollout_ticker(app.clone()));
+        if let Some(queue) = app.rollouts.notify.receiver() {
+            tokio::spawn(crate::rollout::notify::deliver(queue));
+        }
         wait_for_stop(&app).await?;
 
         // `/readyz` answers 503 first, for `server.drain_delay`, while the

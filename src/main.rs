@@ -44,6 +44,10 @@ enum Command {
         http: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Run a short progressive rollout of green, with background
+        /// traffic; type `bad`, `slow` or `good` to change green.
+        #[arg(long)]
+        rollout: bool,
     },
     /// Set backend weights in a config file (every route, or --route).
     Set {
@@ -115,7 +119,11 @@ fn main() -> ExitCode {
         Command::Report { .. } => Ok(()),
         Command::Run { config } => cutover::app::run(&config),
         Command::Check { config, strict } => check(&config, strict),
-        Command::Demo { http, admin } => cutover::demo::run(http, admin),
+        Command::Demo {
+            http,
+            admin,
+            rollout,
+        } => cutover::demo::run(http, admin, rollout),
         Command::Set {
             config,
             route,

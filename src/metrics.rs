@@ -90,6 +90,8 @@ pub struct Metrics {
     /// `cutover_rollout_state{route,state}`: 1 for the current state.
     pub rollout_state: IntGaugeVec,
     pub rollout_transitions: IntCounterVec,
+    /// Rollout notifications by route and result (sent, failed, dropped).
+    pub notifications: IntCounterVec,
     /// A/B evidence per (route, backend), kept across reloads like the
     /// Prometheus series (see `analysis`).
     evidence: Mutex<HashMap<(String, String), Arc<Evidence>>>,
@@ -233,6 +235,14 @@ impl Metrics {
             &["route", "to"],
         )
         .expect("valid metric");
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "cutover_notifications_total",
+                "Rollout events for a webhook: sent (2xx), failed (after the retries, or a 4xx), dropped (the queue was full).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let analysis_verdict = IntGaugeVec::new(
             Opts::new(
                 "cutover_analysis_verdict",
@@ -279,6 +289,7 @@ impl Metrics {
             Box::new(rollout_step.clone()),
             Box::new(rollout_state.clone()),
             Box::new(rollout_transitions.clone()),
+            Box::new(notifications.clone()),
             Box::new(analysis_verdict.clone()),
             Box::new(srm_alarm.clone()),
         ];
@@ -310,6 +321,7 @@ impl Metrics {
             rollout_step,
             rollout_state,
             rollout_transitions,
+            notifications,
             evidence: Mutex::new(HashMap::new()),
             edges: buckets.to_vec(),
             analysis_verdict,

@@ -225,6 +225,16 @@ pub struct RolloutSpec {
     /// Per side, per step, before the step can pass.
     pub min_requests: u64,
     pub on_failure: OnFailure,
+    /// Where its transitions are announced: its own `notify`, else the
+    /// global `[rollout] notify`.
+    pub notify: Option<NotifySpec>,
+}
+
+/// `notify = { webhook = "..." }`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySpec {
+    /// `http://` or `https://`, with a host.
+    pub webhook: http::Uri,
 }
 
 /// What a `fail` verdict does to a rollout.

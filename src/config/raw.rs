@@ -37,6 +37,15 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawRolloutGlobal {
     pub state_dir: Option<Str>,
+    /// Where every route's rollout events go, unless its own says otherwise.
+    pub notify: Option<Spanned<RawNotify>>,
+}
+
+/// `notify = { webhook = "http://..." }`: rollout events are POSTed there.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub webhook: Str,
 }
 
 /// `[routes.rollout]`: a progressive rollout of one backend of the route.
@@ -49,6 +58,7 @@ pub struct RawRollout {
     pub hold: Option<Str>,
     pub min_requests: Option<Spanned<i64>>,
     pub on_failure: Option<Str>,
+    pub notify: Option<Spanned<RawNotify>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,9 @@ use http::uri::{Authority, Scheme};
 use toml::Spanned;
 
 use super::AnalysisSpec;
+use super::NotifySpec;
 use super::raw::RawAnalysis;
+use super::raw::RawNotify;
 use super::raw::{
     RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRollout, RawRoute, RawSticky, Str,
 };
@@ -143,6 +145,11 @@ impl Validator<'_> {
             Some(d) => self.dir.join(d.get_ref()),
             None => self.dir.join(".cutover-state"),
         };
+        let notify = raw
+            .rollout
+            .notify
+            .as_ref()
+            .and_then(|n| self.notify("rollout.notify", n));
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             header_read: self.duration("timeouts.header_read", &t.header_read, 10),
@@ -243,6 +250,14 @@ impl Validator<'_> {
             routes.push(self.route(i, r.get_ref(), &known));
         }
         self.route_clashes(&raw, &routes);
+        // A route's own `notify` wins over the global one.
+        for r in &mut routes {
+            if let Some(ro) = &mut r.rollout
+                && ro.notify.is_none()
+            {
+                ro.notify.clone_from(&notify);
+            }
+        }
         Config {
             listen_http,
             listen_https,
@@ -891,6 +906,10 @@ impl Validator<'_> {
             1,
             1_000_000_000,
         ) as u64;
+        let notify = r
+            .notify
+            .as_ref()
+            .and_then(|n| self.notify(&format!("{key}.notify"), n));
         let on_failure = match r.on_failure.as_ref().map(|o| (o, o.get_ref().as_str())) {
             None | Some((_, "rollback")) => OnFailure::Rollback,
             Some((_, "pause")) => OnFailure::Pause,
@@ -910,8 +929,38 @@ impl Validator<'_> {
             hold,
             min_requests,
             on_failure,
+            notify,
         })
         .filter(|_| ok)
+    }
+
+    /// `notify = { webhook = "..." }`: an absolute `http://` or `https://`
+    /// URL with a host.
+    fn notify(&mut self, key: &str, n: &Spanned<RawNotify>) -> Option<NotifySpec> {
+        let w = &n.get_ref().webhook;
+        let text = w.get_ref();
+        let why = match text.parse::<http::Uri>() {
+            _ if !text.starts_with("http://") && !text.starts_with("https://") => {
+                "the scheme must be http:// or https://".into()
+            }
+            _ if text
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.starts_with('/')) =>
+            {
+                "a host is required".into()
+            }
+            Err(e) => e.to_string(),
+            Ok(u) if u.host().is_none_or(str::is_empty) => "a host is required".into(),
+            Ok(u) => return Some(NotifySpec { webhook: u }),
+        };
+        self.error(
+            w,
+            format!(
+                "{key}.webhook: \"{}\" is not a webhook URL: {why}",
+                w.get_ref()
+            ),
+        );
+        None
     }
 
     fn host(&mut self, key: &str, h: &Str) -> HostMatch {
@@ -1307,6 +1356,60 @@ mod tests {
             "{BASE}{ROLLOUT_ROUTE}id = \"v2\"\ncanary = \"green\"\nsteps = [100]\nspeed = 1\n"
         ));
         assert!(e.contains("routes[0].rollout.speed: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn rollout_notify_is_global_or_per_route_and_validated() {
+        let route = format!("{ROLLOUT_ROUTE}id = \"v2\"\ncanary = \"green\"\nsteps = [100]\n");
+        let global = "[rollout]\nnotify = { webhook = \"http://hooks:9000/a?b=1\" }\n";
+        let c = parse(
+            Path::new("/etc/c/c.toml"),
+            &format!("{BASE}{global}{route}"),
+        )
+        .unwrap();
+        let n = c.routes[0]
+            .rollout
+            .as_ref()
+            .unwrap()
+            .notify
+            .as_ref()
+            .unwrap();
+        assert_eq!(n.webhook, "http://hooks:9000/a?b=1");
+        let own = "notify = { webhook = \"https://example.com/b\" }\n";
+        let c = parse(
+            Path::new("/etc/c/c.toml"),
+            &format!("{BASE}{global}{route}{own}"),
+        )
+        .unwrap();
+        let n = c.routes[0]
+            .rollout
+            .as_ref()
+            .unwrap()
+            .notify
+            .as_ref()
+            .unwrap();
+        assert_eq!(n.webhook, "https://example.com/b");
+        let c = parse(Path::new("/etc/c/c.toml"), &format!("{BASE}{route}")).unwrap();
+        assert_eq!(c.routes[0].rollout.as_ref().unwrap().notify, None);
+
+        let e = errors(&format!(
+            "{BASE}[rollout]\nnotify = {{ webhook = \"hooks/a\" }}\n{route}notify = {{ webhook = \"ftp://x/\" }}\n"
+        ));
+        assert!(
+            e.contains("c.toml:8:22: rollout.notify.webhook: \"hooks/a\" is not a webhook URL: the scheme must be http:// or https://"),
+            "{e}"
+        );
+        assert!(
+            e.contains("c.toml:16:22: routes[0].rollout.notify.webhook: \"ftp://x/\""),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{BASE}{route}notify = {{ url = \"http://x/\" }}\n"
+        ));
+        assert!(
+            e.contains("routes[0].rollout.notify.url: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]

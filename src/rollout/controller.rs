@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::evidence;
 use super::machine::{Command, Phase, Rollout};
+use super::notify::{Evidence, Outbox};
 use super::store;
 use crate::analysis::evidence::Counts;
 use crate::config::{Config, RolloutSpec};
@@ -24,6 +25,8 @@ use crate::routing::RoutingTable;
 #[derive(Default)]
 pub struct Rollouts {
     inner: Mutex<Inner>,
+    /// Transition events for the routes' webhooks.
+    pub notify: Outbox,
 }
 
 #[derive(Default)]
@@ -45,6 +48,8 @@ struct Entry {
     base: Option<(f64, std::time::Instant, Vec<Counts>)>,
     /// The last verdict, as its label.
     verdict: &'static str,
+    /// The last verdict's evidence, for the events of commands.
+    evidence: Option<Evidence>,
     /// The route's weights in the file.
     file: Vec<(String, u32)>,
 }
@@ -115,7 +120,14 @@ impl Rollouts {
                     "the rollout section was removed from the config file; the file's weights are in force".into(),
                 );
                 r.owns_weights = false;
-                transition_log(&name, r, metrics);
+                transition_log(
+                    &name,
+                    r,
+                    metrics,
+                    &self.notify,
+                    &e.plan,
+                    e.evidence.as_ref(),
+                );
                 save(&dir, &name, r);
             }
             forget_metrics(metrics, &name);
@@ -145,7 +157,14 @@ impl Rollouts {
                         ),
                     );
                     r.owns_weights = false;
-                    transition_log(&route.name, r, metrics);
+                    transition_log(
+                        &route.name,
+                        r,
+                        metrics,
+                        &self.notify,
+                        plan,
+                        entry.evidence.as_ref(),
+                    );
                     save(&dir, &route.name, r);
                 }
             }
@@ -171,6 +190,7 @@ impl Rollouts {
             problem: None,
             base: None,
             verdict: "inconclusive",
+            evidence: None,
             file: weights.to_vec(),
         };
         match store::load(dir, route) {
@@ -180,7 +200,7 @@ impl Rollouts {
             }
             Ok(_) => {
                 let r = Rollout::start(plan, weights, now);
-                transition_log(route, &r, metrics);
+                transition_log(route, &r, metrics, &self.notify, plan, None);
                 if let Err(e) = store::save(dir, route, &r) {
                     entry.problem = Some(format!(
                         "{e}; the rollout waits (paused) until it can record its state"
@@ -246,10 +266,11 @@ impl Rollouts {
                 baseline_requests: j.baseline_requests,
                 reasons: j.reasons,
             };
+            e.evidence = Some(j.evidence);
             if !r.tick(&e.plan, &o) {
                 continue;
             }
-            transition_log(name, r, metrics);
+            transition_log(name, r, metrics, &self.notify, &e.plan, e.evidence.as_ref());
             record_metrics(metrics, name, e.rollout.as_ref());
             changed.weights = true;
             let Some(r) = &mut e.rollout else { continue };
@@ -263,7 +284,7 @@ impl Rollouts {
                 *r = before;
                 let _ = r.command(&e.plan, Command::Pause, now);
                 r.reason = format!("cannot record the next step: {err}");
-                transition_log(name, r, metrics);
+                transition_log(name, r, metrics, &self.notify, &e.plan, e.evidence.as_ref());
                 tracing::error!(route = %name, error = %err, "cannot write the rollout state");
                 changed.pending.push((name.clone(), r.clone()));
                 record_metrics(metrics, name, e.rollout.as_ref());
@@ -294,7 +315,14 @@ impl Rollouts {
         };
         let before = r.canary_weight;
         r.command(&e.plan, c, now)?;
-        transition_log(route, r, metrics);
+        transition_log(
+            route,
+            r,
+            metrics,
+            &self.notify,
+            &e.plan,
+            e.evidence.as_ref(),
+        );
         let mut changed = Changed {
             weights: true,
             pending: Vec::new(),
@@ -318,6 +346,8 @@ impl Rollouts {
             .map(|(name, e)| (name.clone(), describe_entry(e)))
             .collect();
         inner.shown = shown;
+        // Announced once in force, never before.
+        self.notify.flush();
     }
 
     /// The `rollout` object of `/admin/state` for `route`, if it has one.
@@ -382,8 +412,17 @@ fn describe(weights: &[(String, u32)]) -> String {
         .join(" ")
 }
 
-/// The one log line of a transition, with its evidence.
-fn transition_log(route: &str, r: &Rollout, metrics: &Metrics) {
+/// The one log line of a transition, with its evidence; its event is
+/// staged for the route's webhook.
+fn transition_log(
+    route: &str,
+    r: &Rollout,
+    metrics: &Metrics,
+    notify: &Outbox,
+    plan: &RolloutSpec,
+    evidence: Option<&Evidence>,
+) {
+    notify.stage(route, plan, r, evidence, &metrics.notifications);
     metrics
         .rollout_transitions
         .with_label_values(&[route, r.phase.as_str()])

@@ -29,6 +29,8 @@ pub struct Judgement {
     pub reasons: Vec<String>,
     pub canary_requests: u64,
     pub baseline_requests: u64,
+    /// The counts, error rates and latencies, for notifications.
+    pub evidence: super::notify::Evidence,
 }
 
 /// Judges the canary of `plan` against its baseline on what `route` saw
@@ -48,6 +50,7 @@ pub fn judge(route: &Route, plan: &RolloutSpec, start: &[Counts], elapsed: Durat
             reasons: vec![format!("no comparison of {} yet", plan.canary)],
             canary_requests: 0,
             baseline_requests: 0,
+            evidence: Default::default(),
         };
     };
     let kind = j.comparison.kind;
@@ -63,5 +66,6 @@ pub fn judge(route: &Route, plan: &RolloutSpec, start: &[Counts], elapsed: Durat
         reasons: j.comparison.reasons.clone(),
         canary_requests: j.green.requests,
         baseline_requests: j.blue.requests,
+        evidence: super::notify::Evidence::of(j, &a.baseline, elapsed.as_secs_f64()),
     }
 }
