@@ -4,8 +4,8 @@
 //! when the body has ended. JSON keys and the text order are documented in
 //! the README ("Access log").
 
+use std::cell::RefCell;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Version};
@@ -14,7 +14,9 @@ use crate::config::AccessLogFormat;
 
 /// What the request itself says.
 pub struct Request<'a> {
-    pub client: SocketAddr,
+    /// The client's IP, as text.
+    pub client_ip: &'a [u8],
+    pub client_port: u16,
     pub request_id: &'a HeaderValue,
     pub method: &'a Method,
     pub host: Option<&'a str>,
@@ -48,12 +50,17 @@ pub struct End {
 }
 
 pub fn request(out: &mut Vec<u8>, f: AccessLogFormat, ts: SystemTime, r: &Request) {
-    let ts = humantime::format_rfc3339_millis(ts);
     let protocol = protocol(r.version);
     let ua = r.user_agent.map(HeaderValue::as_bytes);
+    let mut port = itoa::Buffer::new();
+    let port = port.format(r.client_port).as_bytes();
     match f {
         AccessLogFormat::Json => {
-            let _ = write!(out, "{{\"ts\":\"{ts}\",\"client\":\"{}\"", r.client);
+            out.extend_from_slice(b"{\"ts\":\"");
+            timestamp(out, ts);
+            out.extend_from_slice(b"\",\"client\":\"");
+            client(out, r.client_ip, port);
+            out.push(b'"');
             key_str(out, "request_id", Some(r.request_id.as_bytes()));
             key_str(out, "method", Some(r.method.as_str().as_bytes()));
             key_str(out, "host", r.host.map(str::as_bytes));
@@ -62,7 +69,9 @@ pub fn request(out: &mut Vec<u8>, f: AccessLogFormat, ts: SystemTime, r: &Reques
             key_str(out, "user_agent", ua);
         }
         AccessLogFormat::Text => {
-            let _ = write!(out, "{ts} {}", r.client);
+            timestamp(out, ts);
+            out.push(b' ');
+            client(out, r.client_ip, port);
             for field in [
                 Some(r.request_id.as_bytes()),
                 Some(r.method.as_str().as_bytes()),
@@ -73,8 +82,9 @@ pub fn request(out: &mut Vec<u8>, f: AccessLogFormat, ts: SystemTime, r: &Reques
                 text_field(out, field);
             }
             out.extend_from_slice(b" \"");
-            for &b in ua.unwrap_or(b"-") {
-                text_byte(out, b, true);
+            match ua.unwrap_or(b"-") {
+                v if v.iter().all(|&b| text_plain(b, true)) => out.extend_from_slice(v),
+                v => v.iter().for_each(|&b| text_byte(out, b, true)),
             }
             out.push(b'"');
         }
@@ -141,6 +151,49 @@ pub fn end(out: &mut Vec<u8>, f: AccessLogFormat, e: &End) {
     }
 }
 
+/// `ip:port`, `[ip]:port` for IPv6 (as `SocketAddr` displays it).
+fn client(out: &mut Vec<u8>, ip: &[u8], port: &[u8]) {
+    let v6 = ip.contains(&b':');
+    if v6 {
+        out.push(b'[');
+    }
+    out.extend_from_slice(ip);
+    out.extend_from_slice(if v6 { b"]:" } else { b":" });
+    out.extend_from_slice(port);
+}
+
+thread_local! {
+    /// The last second formatted, "2026-12-01T18:00:00." and its Unix time.
+    static SECOND: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+/// RFC 3339 UTC with milliseconds; the date and time up to the second are
+/// formatted once a second per thread.
+fn timestamp(out: &mut Vec<u8>, ts: SystemTime) {
+    let since = ts
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, ms) = (since.as_secs(), since.subsec_millis());
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            c.1.clear();
+            let _ = write!(c.1, "{}", humantime::format_rfc3339_seconds(whole));
+            c.1.pop(); // the 'Z'
+            c.1.push(b'.');
+            c.0 = secs;
+        }
+        out.extend_from_slice(&c.1);
+    });
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
 fn protocol(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -180,17 +233,25 @@ fn key_str(out: &mut Vec<u8>, key: &str, value: Option<&[u8]>) {
         return key_raw(out, key, b"null");
     };
     key_raw(out, key, b"\"");
-    for &b in value {
-        match b {
+    // Runs of plain bytes are copied at once.
+    let mut rest = value;
+    while let Some(i) = rest.iter().position(|&b| !json_plain(b)) {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
-            _ => {
+            b => {
                 let _ = write!(out, "\\u{b:04x}");
             }
         }
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
+}
+
+fn json_plain(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'
 }
 
 /// A space, then the field, or `-`; spaces, quotes, backslashes and
@@ -199,14 +260,18 @@ fn text_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
     out.push(b' ');
     match value {
         None | Some(b"") => out.push(b'-'),
+        Some(v) if v.iter().all(|&b| text_plain(b, false)) => out.extend_from_slice(v),
         Some(v) => v.iter().for_each(|&b| text_byte(out, b, false)),
     }
 }
 
+fn text_plain(b: u8, quoted: bool) -> bool {
+    (b == b' ' && quoted) || ((0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
 fn text_byte(out: &mut Vec<u8>, b: u8, quoted: bool) {
     match b {
-        b' ' if quoted => out.push(b),
-        0x21..=0x7e if b != b'"' && b != b'\\' => out.push(b),
+        _ if text_plain(b, quoted) => out.push(b),
         _ => {
             let _ = write!(out, "\\x{b:02x}");
         }
@@ -224,9 +289,10 @@ mod tests {
         request(
             &mut out,
             f,
-            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_007),
             &Request {
-                client: "127.0.0.1:5000".parse().unwrap(),
+                client_ip: b"127.0.0.1",
+                client_port: 5000,
                 request_id: &id,
                 method: &Method::GET,
                 host: Some("example.com"),
@@ -267,7 +333,7 @@ mod tests {
         let l = line(AccessLogFormat::Json);
         assert!(l.ends_with("}\n") && l.matches('\n').count() == 1, "{l}");
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["ts"], "1970-01-01T00:00:01.007Z");
         assert_eq!(v["client"], "127.0.0.1:5000");
         assert_eq!(v["user_agent"], "curl \"x\"\u{ff}");
         assert_eq!(v["override"], true);
@@ -282,7 +348,7 @@ mod tests {
     fn text_has_a_fixed_order() {
         assert_eq!(
             line(AccessLogFormat::Text),
-            "1970-01-01T00:00:00.000Z 127.0.0.1:5000 abc-1 GET example.com /a\\x20b HTTP/1.1 \
+            "1970-01-01T00:00:01.007Z 127.0.0.1:5000 abc-1 GET example.com /a\\x20b HTTP/1.1 \
              \"curl \\x22x\\x22\\xff\" 200 app green 127.0.0.1:1 1 1 blue 1.500 - 3 10 2.001\n"
         );
     }

@@ -88,7 +88,8 @@ pub async fn handle(
             _ => req.uri().path(),
         };
         let r = access_log::Request {
-            client: conn.peer,
+            client_ip: conn.client_ip.as_bytes(),
+            client_port: conn.peer.port(),
             request_id: &request_id,
             method: req.method(),
             host,
