@@ -500,3 +500,28 @@ async fn an_upgrade_is_logged_once_when_it_ends() {
         .count();
     assert_eq!(count, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_still_held_at_shutdown_are_written() {
+    let b = Backend::start("blue").await;
+    let cfg = common::config(
+        &[("blue", &[&b])],
+        &format!(
+            "[server]\ndrain_delay = \"0s\"\n[[routes]]\nname = \"app\"\nweights = {{ blue = 1 }}\n{ACCESS}"
+        ),
+    );
+    let mut p = Proxy::start(&cfg).await;
+    let resp = common::client().get(p.url("/")).send().await.unwrap();
+    let id = id_of(&resp);
+    resp.bytes().await.unwrap();
+    // At once, before the worker's 100 ms flush.
+    p.terminate();
+    assert!(
+        p.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    assert!(
+        lines(&log_path(&p)).iter().any(|l| l["request_id"] == *id),
+        "the last line was lost at shutdown"
+    );
+}
