@@ -20,6 +20,10 @@
 #   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
 #   CUTOVER_BIN use this cutover binary instead of building one
+#   ACCESS_LOG=1  run cutover with its access log on, JSON to a file in the
+#               temp dir (default off, like nginx and haproxy here)
+#   INSTR_TARGETS  proxies counted by SCENARIO=instructions
+#               ("cutover nginx haproxy"; e.g. "cutover" alone)
 #
 # Needs wrk, h2load (nghttp2-client), nginx (nginx-light), haproxy, curl and
 # python3; it installs nothing and says what to install when one is missing.
@@ -316,6 +320,9 @@ endpoints = ["127.0.0.1:$BACKEND_PORT"]
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
 $routes
 EOF
+  if [[ ${ACCESS_LOG:-0} == 1 ]]; then
+    printf '[access_log]\npath = "%s"\n' "$(dirname "$file")/access.log" >>"$file"
+  fi
 }
 
 # start_cutover NAME [ROUTE_TOML]: start one cutover instance; sets
@@ -796,7 +803,8 @@ scenario_instructions() {
   NGINX_EXTRA="master_process off;"
   local small=$((INSTR_REQUESTS / 10)) target n out pid port
   local -A total
-  for target in cutover nginx haproxy; do
+  local targets=${INSTR_TARGETS:-cutover nginx haproxy}
+  for target in $targets; do
     for n in "$small" "$((small + INSTR_REQUESTS))"; do
       out="$TMP/callgrind.$target.$n"
       LAUNCH=(valgrind --tool=callgrind "--callgrind-out-file=$out")
@@ -815,11 +823,16 @@ scenario_instructions() {
   done
   printf '\nscenario instructions: instructions per proxied request (callgrind, 1 worker, %d requests)\n' "$INSTR_REQUESTS"
   printf '%-10s %12s %10s\n' target instr/req "/ nginx"
-  local per nginx_per
-  nginx_per=$(((total[nginx.$((small + INSTR_REQUESTS))] - total[nginx.$small]) / INSTR_REQUESTS))
-  for target in cutover nginx haproxy; do
+  local per nginx_per=
+  [[ -n ${total[nginx.$small]:-} ]] &&
+    nginx_per=$(((total[nginx.$((small + INSTR_REQUESTS))] - total[nginx.$small]) / INSTR_REQUESTS))
+  for target in $targets; do
     per=$(((total[$target.$((small + INSTR_REQUESTS))] - total[$target.$small]) / INSTR_REQUESTS))
-    printf '%-10s %12d %10.3f\n' "$target" "$per" "$(echo "$per / $nginx_per" | bc -l)"
+    if [[ -n $nginx_per ]]; then
+      printf '%-10s %12d %10.3f\n' "$target" "$per" "$(echo "$per / $nginx_per" | bc -l)"
+    else
+      printf '%-10s %12d %10s\n' "$target" "$per" n/a
+    fi
   done
 }
 

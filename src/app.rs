@@ -241,6 +241,7 @@ impl App {
             ("server.workers", old.workers != new.workers),
             ("server.drain_delay", old.drain_delay != new.drain_delay),
             ("metrics.buckets", old.metric_buckets != new.metric_buckets),
+            ("access_log", old.access_log != new.access_log),
         ];
         for (key, _) in changed.iter().filter(|(_, c)| *c) {
             tracing::warn!(
@@ -380,7 +381,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     rollouts.apply(&mut effective.config);
     let table = RoutingTable::build(&effective, 1, &registry, &metrics);
     rollouts.show();
-    let shared = Arc::new(Shared::new(table, metrics.clone(), &config));
+    let mut shared = Shared::new(table, metrics.clone(), &config);
+    if let Some(spec) = &config.access_log {
+        let log = crate::access_log::AccessLog::start(spec, metrics.access_log_dropped.clone())
+            .with_context(|| format!("access_log.path: {:?}", spec.target))?;
+        shared.access_log = Some(log);
+    }
+    let shared = Arc::new(shared);
     fit_open_files(&shared, config.limits.max_connections);
     let health = HealthCheckers::new(rt.handle().clone());
     health.sync(&shared.table.load().backends, &health_specs(&config));
@@ -477,6 +484,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     // Dropping the runtime would wait for the blocking join of the workers,
     // i.e. past the drain deadline.
     rt.shutdown_background();
+    if let Some(log) = &app.shared.access_log {
+        log.finish(std::time::Duration::from_secs(2));
+    }
     result?;
     tracing::info!("stopped");
     Ok(())
@@ -489,8 +499,16 @@ async fn wait_for_stop(app: &Arc<App>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Listened to even without an access log, so that a logrotate
+    // `postrotate` never kills the proxy.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
+            _ = usr1.recv() => {
+                if let Some(log) = &app.shared.access_log {
+                    log.reopen();
+                }
+            }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {

@@ -33,6 +33,11 @@ http = "{http}"
 [admin]
 listen = "{admin}"
 
+# One line per request on this terminal (README, "Access log").
+[access_log]
+path = "stdout"
+format = "text"
+
 [backends.blue]
 endpoints = ["{blue}"]
 

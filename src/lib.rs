@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod admin_client;
 pub mod analysis;

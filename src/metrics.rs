@@ -98,6 +98,9 @@ pub struct Metrics {
     edges: Vec<f64>,
     pub analysis_verdict: IntGaugeVec,
     pub srm_alarm: IntGaugeVec,
+    /// `cutover_access_log_dropped_total`: lines the access log writer
+    /// could not take in time.
+    pub access_log_dropped: IntCounter,
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -259,6 +262,11 @@ impl Metrics {
             &["route", "backend"],
         )
         .expect("valid metric");
+        let access_log_dropped = IntCounter::new(
+            "cutover_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind (a slow or stalled file).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("cutover_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -292,6 +300,7 @@ impl Metrics {
             Box::new(notifications.clone()),
             Box::new(analysis_verdict.clone()),
             Box::new(srm_alarm.clone()),
+            Box::new(access_log_dropped.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
@@ -326,6 +335,7 @@ impl Metrics {
             edges: buckets.to_vec(),
             analysis_verdict,
             srm_alarm,
+            access_log_dropped,
         }
     }
 

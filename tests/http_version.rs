@@ -1,7 +1,8 @@
 //! Responses carry Cutover's own HTTP version, whatever the backend answered
 //! with (RFC 9110 §6.2), and HTTP/1.0 clients get the keep-alive rules of
 //! RFC 9112 §9.3 from the proxy itself. Every byte the client receives is
-//! checked (the `date` value masked).
+//! checked (the `date` value masked; each request brings its own
+//! `x-request-id`, which the proxy keeps and echoes).
 
 mod common;
 
@@ -47,9 +48,9 @@ async fn v10_close_delimited(mut c: BackendConn) {
     }
 }
 
-const LENGTH_11: &str = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: *\r\n\r\nhello";
-const CHUNKED_11: &str =
-    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: *\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+const LENGTH_11: &str =
+    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-request-id: t\r\ndate: *\r\n\r\nhello";
+const CHUNKED_11: &str = "HTTP/1.1 200 OK\r\nx-request-id: t\r\ntransfer-encoding: chunked\r\ndate: *\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
 /// `date: ` and an IMF-fixdate are always 6 + 29 bytes.
 const DATE_LEN: usize = 35 - "date: *".len();
 
@@ -57,7 +58,7 @@ const DATE_LEN: usize = 35 - "date: *".len();
 /// `n` answers, then that the connection is still open and serves one more.
 async fn pipelined_http11(proxy: &Proxy, n: usize, expected: &str) {
     let mut c = RawConn::connect(proxy.http).await;
-    let req = "GET / HTTP/1.1\r\nHost: app\r\n\r\n".repeat(n);
+    let req = "GET / HTTP/1.1\r\nHost: app\r\nX-Request-Id: t\r\n\r\n".repeat(n);
     c.send(req.as_bytes()).await.unwrap();
     let want = expected.repeat(n);
     let got = c.read_n(want.len() + n * DATE_LEN).await.unwrap();
@@ -67,7 +68,7 @@ async fn pipelined_http11(proxy: &Proxy, n: usize, expected: &str) {
         !closed && extra.is_empty(),
         "closed={closed} extra={extra:?}"
     );
-    c.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+    c.send(b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-Id: t\r\n\r\n")
         .await
         .unwrap();
     let got = c.read_n(expected.len() + DATE_LEN).await.unwrap();
@@ -104,10 +105,9 @@ async fn http10_client_with_keep_alive_keeps_the_connection() {
     let b = RawBackend::start(v10_close).await;
     let p = proxy_to(&b).await;
     let mut c = RawConn::connect(p.http).await;
-    let expected =
-        "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\ndate: *\r\n\r\nhello";
+    let expected = "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nx-request-id: t\r\nconnection: keep-alive\r\ndate: *\r\n\r\nhello";
     for _ in 0..2 {
-        c.send(b"GET / HTTP/1.0\r\nHost: app\r\nConnection: keep-alive\r\n\r\n")
+        c.send(b"GET / HTTP/1.0\r\nHost: app\r\nX-Request-Id: t\r\nConnection: keep-alive\r\n\r\n")
             .await
             .unwrap();
         let got = c.read_n(expected.len() + DATE_LEN).await.unwrap();
@@ -131,13 +131,13 @@ async fn http10_client_without_keep_alive_is_closed() {
         };
         let p = proxy_to(&b).await;
         let mut c = RawConn::connect(p.http).await;
-        c.send(b"GET / HTTP/1.0\r\nHost: app\r\n\r\n")
+        c.send(b"GET / HTTP/1.0\r\nHost: app\r\nX-Request-Id: t\r\n\r\n")
             .await
             .unwrap();
         let got = c.read_until_close(Duration::from_secs(5)).await;
         assert_eq!(
             mask_date(&got),
-            format!("HTTP/1.0 200 OK\r\n{body}date: *\r\n\r\nhello")
+            format!("HTTP/1.0 200 OK\r\n{body}x-request-id: t\r\ndate: *\r\n\r\nhello")
         );
     }
 }

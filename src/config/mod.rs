@@ -46,6 +46,36 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Where `admin.token` comes from, when one is configured.
     pub admin_token_from: Option<SecretRef>,
+    /// `[access_log]`; `None`: no access log.
+    pub access_log: Option<AccessLogSpec>,
+}
+
+/// `[access_log]`: where request lines go and how they look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSpec {
+    pub target: LogTarget,
+    pub format: AccessLogFormat,
+    /// Share of successful requests logged (errors always are), 0..=1.
+    pub sample: f64,
+    /// Log the query string with the path (it can hold personal data).
+    pub log_query: bool,
+}
+
+/// Where the access log is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+    /// Resolved against the config file's directory.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Space-separated fields in a fixed order (README).
+    Text,
 }
 
 #[derive(Debug, Clone, PartialEq)]

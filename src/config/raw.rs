@@ -31,6 +31,18 @@ pub struct RawConfig {
     /// Settings shared by every route's `[routes.rollout]`.
     #[serde(default)]
     pub rollout: RawRolloutGlobal,
+    /// `[access_log]`: one line per request; off without it.
+    pub access_log: Option<Spanned<RawAccessLog>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Str,
+    pub format: Option<Str>,
+    pub sample: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub log_query: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,11 +12,12 @@ use toml::Spanned;
 
 use super::AnalysisSpec;
 use super::NotifySpec;
-use super::raw::RawAnalysis;
 use super::raw::RawNotify;
+use super::raw::{RawAccessLog, RawAnalysis};
 use super::raw::{
     RawBackend, RawConfig, RawHealth, RawOutlier, RawOverride, RawRollout, RawRoute, RawSticky, Str,
 };
+use super::{AccessLogFormat, AccessLogSpec, LogTarget};
 use super::{
     BackendSpec, Balance, CertSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec,
     HostMatch, Limits, OnFailure, OutlierSpec, OverrideSpec, RetrySpec, RolloutSpec, RouteSpec,
@@ -258,6 +259,10 @@ impl Validator<'_> {
                 ro.notify.clone_from(&notify);
             }
         }
+        let access_log = raw
+            .access_log
+            .as_ref()
+            .map(|a| self.access_log(a.get_ref()));
         Config {
             listen_http,
             listen_https,
@@ -273,6 +278,46 @@ impl Validator<'_> {
             rollout_state_dir,
             admin_token,
             admin_token_from,
+            access_log,
+        }
+    }
+
+    /// `[access_log]`.
+    fn access_log(&mut self, a: &RawAccessLog) -> AccessLogSpec {
+        let target = match a.path.get_ref().as_str() {
+            "stdout" => LogTarget::Stdout,
+            "stderr" => LogTarget::Stderr,
+            "" => {
+                self.error(&a.path, "access_log.path: must not be empty".into());
+                LogTarget::Stderr
+            }
+            p => LogTarget::File(self.dir.join(p)),
+        };
+        let format = match a.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("json") => AccessLogFormat::Json,
+            Some("text") => AccessLogFormat::Text,
+            Some(other) => {
+                let at = a.format.as_ref().expect("matched Some");
+                self.error(
+                    at,
+                    format!("access_log.format: \"{other}\" is not one of \"json\", \"text\""),
+                );
+                AccessLogFormat::Json
+            }
+        };
+        let sample = match &a.sample {
+            None => 1.0,
+            Some(s) if (0.0..=1.0).contains(s.get_ref()) => *s.get_ref(),
+            Some(s) => {
+                self.error(s, "access_log.sample: must be between 0 and 1".into());
+                1.0
+            }
+        };
+        AccessLogSpec {
+            target,
+            format,
+            sample,
+            log_query: a.log_query,
         }
     }
 
@@ -1425,6 +1470,30 @@ mod tests {
             "{BASE}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"\"\n"
         ));
         assert!(e.contains("admin.token: must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn access_log() {
+        let c = parse(
+            Path::new("/etc/c/c.toml"),
+            &format!(
+                "{BASE}[access_log]\npath = \"access.log\"\nformat = \"text\"\nsample = 0.25\n"
+            ),
+        )
+        .unwrap();
+        let a = c.access_log.unwrap();
+        assert_eq!(a.target, LogTarget::File("/etc/c/access.log".into()));
+        assert_eq!(
+            (a.format, a.sample, a.log_query),
+            (AccessLogFormat::Text, 0.25, false)
+        );
+        let c = parse(Path::new("c.toml"), BASE).unwrap();
+        assert!(c.access_log.is_none());
+        let e = errors(&format!(
+            "{BASE}[access_log]\npath = \"stdout\"\nformat = \"xml\"\nsample = 2.0\n"
+        ));
+        assert!(e.contains("access_log.format: \"xml\""), "{e}");
+        assert!(e.contains(":10:10: access_log.sample"), "{e}");
     }
 
     #[test]

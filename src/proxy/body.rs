@@ -26,6 +26,15 @@ pub enum ResponseBody {
         _gauge: GaugeGuard,
     },
     Local(Option<Bytes>),
+    /// Either of the above, with its access log line (only with
+    /// `[access_log]`), written when the body ends or is dropped.
+    Logged(Box<Logged>),
+}
+
+#[derive(Debug)]
+pub struct Logged {
+    body: ResponseBody,
+    entry: crate::access_log::Entry,
 }
 
 impl ResponseBody {
@@ -35,6 +44,14 @@ impl ResponseBody {
 
     pub fn empty() -> ResponseBody {
         ResponseBody::Local(None)
+    }
+
+    /// This body, with `entry` written out when it ends.
+    pub fn logged(self, entry: Option<crate::access_log::Entry>) -> ResponseBody {
+        match entry {
+            Some(entry) => ResponseBody::Logged(Box::new(Logged { body: self, entry })),
+            None => self,
+        }
     }
 }
 
@@ -60,6 +77,23 @@ impl Body for ResponseBody {
                 frame
             }
             ResponseBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Logged(l) => {
+                let frame = Pin::new(&mut l.body).poll_frame(cx);
+                match &frame {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(data) = f.data_ref() {
+                            l.entry.sent(data.len());
+                        }
+                        if l.body.is_end_stream() {
+                            l.entry.ended();
+                        }
+                    }
+                    Poll::Ready(None) => l.entry.ended(),
+                    Poll::Ready(Some(Err(_))) => l.entry.failed("upstream_body"),
+                    Poll::Pending => {}
+                }
+                frame
+            }
         }
     }
 
@@ -67,6 +101,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Upstream { body, .. } => body.is_end_stream(),
             ResponseBody::Local(b) => b.is_none(),
+            ResponseBody::Logged(l) => l.body.is_end_stream(),
         }
     }
 
@@ -76,6 +111,17 @@ impl Body for ResponseBody {
             ResponseBody::Local(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
+            ResponseBody::Logged(l) => l.body.size_hint(),
+        }
+    }
+}
+
+impl Drop for Logged {
+    /// A body the server never polled because it was empty has ended, not
+    /// been cut short.
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.entry.ended();
         }
     }
 }

@@ -82,6 +82,25 @@ impl ProxyError {
         }
     }
 
+    /// The short reason in the access log's `error` field.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::AmbiguousFraming => "ambiguous_framing",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ProxyError::BadHost => "bad_host",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::ClientBody => "client_body",
+            ProxyError::ClientBodyTimeout => "client_body_timeout",
+            ProxyError::NoEndpoint => "no_endpoint",
+            ProxyError::PoolFull => "pool_full",
+            ProxyError::Upstream(UpstreamErrorKind::Connect) => "upstream_connect",
+            ProxyError::Upstream(UpstreamErrorKind::Timeout) => "upstream_timeout",
+            ProxyError::Upstream(UpstreamErrorKind::Reset) => "upstream_reset",
+            ProxyError::Upstream(UpstreamErrorKind::Protocol) => "upstream_protocol",
+            ProxyError::RequestTimeout => "request_timeout",
+        }
+    }
+
     /// The kind counted in `cutover_upstream_errors_total`, if any.
     pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
         match self {

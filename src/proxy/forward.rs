@@ -5,7 +5,7 @@
 //! backend of the route, within the backend's retry budget.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,12 +38,17 @@ pub struct Sent<'t> {
     pub in_flight: InFlight,
     /// `cutover_requests_in_flight` of the backend that answered.
     pub gauge: GaugeGuard,
+    /// Attempts after the first.
+    pub retries: u32,
 }
 
-/// Why it failed, and on which backend the failure counts.
-pub struct Failed {
+/// Why it failed, and on which backend (and endpoint, if one was tried)
+/// the failure counts.
+pub struct Failed<'t> {
     pub err: ProxyError,
     pub backend: usize,
+    pub endpoint: Option<&'t Arc<Endpoint>>,
+    pub retries: u32,
 }
 
 /// A copy of an idempotent request for retries after a 5xx, which consume
@@ -55,6 +60,14 @@ struct Replay {
     body: Option<Bytes>,
 }
 
+/// The request's own context: when it started, its ID (for the event logs
+/// of its failures), and a counter of its body's bytes (access log).
+pub struct Context<'a> {
+    pub started: Instant,
+    pub request_id: &'a str,
+    pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
 pub async fn forward<'t>(
     w: &Worker,
     route: &'t Route,
@@ -62,8 +75,13 @@ pub async fn forward<'t>(
     mut endpoint: &'t Arc<Endpoint>,
     mut parts: Parts,
     body: Incoming,
-    started: Instant,
-) -> Result<Sent<'t>, Failed> {
+    cx: Context<'_>,
+) -> Result<Sent<'t>, Failed<'t>> {
+    let Context {
+        started,
+        request_id,
+        bytes_in,
+    } = cx;
     let policy = &route.backends[backend].backend.retry;
     let mut deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
     to_origin_form(&mut parts);
@@ -71,6 +89,9 @@ pub async fn forward<'t>(
     // reading it, the request timeout waits (an upload takes what it takes).
     let body_idle = w.shared.timeouts.body_idle;
     let mut body = ClientBody::new(body, body_idle);
+    if let Some(counter) = bytes_in {
+        body.count_into(counter);
+    }
     let uploading = (!body.is_end_stream()).then(|| body.polled());
     // A request that never reached a backend comes back whole from the pool,
     // so connect failures retry without a copy. Only 5xx retries need one:
@@ -102,7 +123,12 @@ pub async fn forward<'t>(
                         } else {
                             ProxyError::ClientBody
                         };
-                        return Err(Failed { err, backend });
+                        return Err(Failed {
+                            err,
+                            backend,
+                            endpoint: None,
+                            retries: 0,
+                        });
                     }
                 }
             };
@@ -205,10 +231,11 @@ pub async fn forward<'t>(
                         endpoint,
                         in_flight,
                         gauge,
+                        retries: attempt,
                     });
                 };
                 tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    status = status.as_u16(), "retrying after a 5xx");
+                    status = status.as_u16(), request_id, "retrying after a 5xx");
                 this.metrics.retry(RetryReason::Status5xx);
                 req = copy.request();
                 next
@@ -220,29 +247,35 @@ pub async fn forward<'t>(
                 // The proxy's own limit: not the endpoint's failure.
                 if let Some(suppressed) = endpoint.warn_gate.allow() {
                     tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        max_connections = this.backend.max_connections, suppressed,
+                        max_connections = this.backend.max_connections, suppressed, request_id,
                         "upstream connection limit reached");
                 }
                 return Err(Failed {
                     err: ProxyError::PoolFull,
                     backend,
+                    endpoint: Some(endpoint),
+                    retries: attempt,
                 });
             }
             Ok(Err(SendError { error, .. })) if BodyError::is_stalled(&error) => {
                 tracing::debug!(route = %route.name, timeout = ?w.shared.timeouts.body_idle,
-                    "the client stopped sending its body");
+                    request_id, "the client stopped sending its body");
                 return Err(Failed {
                     err: ProxyError::ClientBodyTimeout,
                     backend,
+                    endpoint: Some(endpoint),
+                    retries: attempt,
                 });
             }
             Ok(Err(SendError { error, unsent })) => {
                 if is_client_body(&error) {
                     tracing::debug!(route = %route.name, error = %error_chain(&error),
-                        "client request body failed");
+                        request_id, "client request body failed");
                     return Err(Failed {
                         err: ProxyError::ClientBody,
                         backend,
+                        endpoint: Some(endpoint),
+                        retries: attempt,
                     });
                 }
                 let kind = classify(&error);
@@ -252,15 +285,25 @@ pub async fn forward<'t>(
                 this.metrics.upstream_error(kind);
                 if let Some(suppressed) = endpoint.warn_gate.allow() {
                     tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        kind = kind.as_str(), error = %error_chain(&error), suppressed,
+                        kind = kind.as_str(), error = %error_chain(&error), suppressed, request_id,
                         "upstream request failed");
                 }
                 let err = ProxyError::Upstream(kind);
                 let Some(unsent) = unsent.filter(|_| attempt < policy.retries) else {
-                    return Err(Failed { err, backend });
+                    return Err(Failed {
+                        err,
+                        backend,
+                        endpoint: Some(endpoint),
+                        retries: attempt,
+                    });
                 };
                 let Some(next) = retry_target(route, backend, endpoint) else {
-                    return Err(Failed { err, backend });
+                    return Err(Failed {
+                        err,
+                        backend,
+                        endpoint: Some(endpoint),
+                        retries: attempt,
+                    });
                 };
                 this.metrics.retry(RetryReason::Connect);
                 req = unsent;
@@ -272,11 +315,13 @@ pub async fn forward<'t>(
                     .upstream_error(crate::metrics::UpstreamErrorKind::Timeout);
                 if let Some(suppressed) = endpoint.warn_gate.allow() {
                     tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        timeout = ?w.shared.timeouts.request, suppressed, "upstream did not answer in time");
+                        timeout = ?w.shared.timeouts.request, suppressed, request_id, "upstream did not answer in time");
                 }
                 return Err(Failed {
                     err: ProxyError::RequestTimeout,
                     backend,
+                    endpoint: Some(endpoint),
+                    retries: attempt,
                 });
             }
         };

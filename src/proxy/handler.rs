@@ -1,21 +1,25 @@
 //! The request path, top to bottom: load the table, check framing, match a
 //! route, choose a backend and an endpoint, rewrite, forward (with retries,
 //! `forward.rs`), rewrite the response, record. Everything before "forward"
-//! is synchronous.
+//! is synchronous. With `[access_log]`, each step that answers also fills
+//! in the request's access log line (`access_log`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
-use super::forward::{Failed, Sent, forward};
+use super::forward::{Context, Failed, Sent, forward};
 use super::headers;
+use super::request_id;
 use super::server::{ConnSlot, Shared};
 use super::upgrade;
+use crate::access_log::{self, Answer, Entry};
 use crate::metrics::RouteMetrics;
 use crate::upstream::endpoint::LogGate;
 use crate::upstream::pool::Client;
@@ -61,18 +65,53 @@ pub async fn handle(
     // reload publishes another meanwhile.
     let table = w.shared.table.load_full();
 
+    // 0. The request's ID (kept or made, `request_id`), and with
+    //    `[access_log]` the request's part of its line, written now while
+    //    the request is borrowed. An absolute-form target's (or HTTP/2
+    //    `:authority`'s) authority wins over `Host` (RFC 9112 §3.2.2,
+    //    RFC 9113 §8.3.1), and is what the upstream gets as `Host` (step 4).
+    let request_id = request_id::ensure(req.headers_mut());
+    let id = request_id.to_str().unwrap_or("-");
+    let client_version = req.version();
+    let host = req
+        .uri()
+        .authority()
+        .map(headers::authority_host)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+    let entry = w.shared.access_log.as_ref().map(|log| {
+        let path = match req.uri().path_and_query() {
+            Some(pq) if log.log_query() => pq.as_str(),
+            _ => req.uri().path(),
+        };
+        let r = access_log::Request {
+            client_ip: conn.client_ip.as_bytes(),
+            client_port: conn.peer.port(),
+            request_id: &request_id,
+            method: req.method(),
+            host,
+            path,
+            version: client_version,
+            user_agent: req.headers().get(header::USER_AGENT),
+        };
+        log.entry(&r, started)
+    });
+    let log = Log {
+        id: &request_id,
+        started,
+    };
+
     // 1. Framing: never forward a request whose length two headers disagree
     //    on (RFC 9112 §6.1); hyper already rejects bad chunked lists and
     //    differing Content-Lengths with 400.
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {
-        return local(
-            &table.unmatched,
-            ProxyError::AmbiguousFraming,
-            false,
-            started,
-        );
+        let err = ProxyError::AmbiguousFraming;
+        return log.local(&table.unmatched, err, entry, Answer::default());
     }
     //    The only transfer coding the proxy can pass on is a single chunked
     //    (it re-frames bodies): anything else would be silently dropped.
@@ -85,64 +124,53 @@ pub async fn handle(
         .collect();
     let single_chunked = te.len() == 1 && te[0].eq_ignore_ascii_case(b"chunked");
     if !(te.is_empty() || single_chunked) {
-        return local(
-            &table.unmatched,
-            ProxyError::UnsupportedTransferCoding,
-            false,
-            started,
-        );
+        let err = ProxyError::UnsupportedTransferCoding;
+        return log.local(&table.unmatched, err, entry, Answer::default());
     }
     //    Exactly one Host in HTTP/1.1 (RFC 9112 §3.2).
     let hosts = req.headers().get_all(header::HOST).iter().count();
     if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
-        return local(&table.unmatched, ProxyError::BadHost, false, started);
+        let err = ProxyError::BadHost;
+        return log.local(&table.unmatched, err, entry, Answer::default());
     }
 
-    // 2. Match a route by host and path. An absolute-form target's (or
-    //    HTTP/2 `:authority`'s) authority wins over `Host` (RFC 9112 §3.2.2,
-    //    RFC 9113 §8.3.1), and is what the upstream gets as `Host` (step 4).
-    let client_version = req.version();
-    let host = req
-        .uri()
-        .authority()
-        .map(headers::authority_host)
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+    // 2. Match a route by host and path.
     let Some(route) = table.find(host, req.uri().path()) else {
-        return local(&table.unmatched, ProxyError::NoRoute, false, started);
+        let err = ProxyError::NoRoute;
+        return log.local(&table.unmatched, err, entry, Answer::default());
     };
+    let name = |i: usize| -> &str { &route.backends[i].backend.name };
 
     // 3. Choose the backend (override, bucket, failover), then an endpoint.
     let choice = route.choose(req.headers(), conn.tls);
+    let answer = Answer {
+        route: Some(&route.name),
+        overridden: choice.overridden,
+        failover_from: choice.failed_over_from.map(name),
+        ..Answer::default()
+    };
     let Some(backend) = choice.backend else {
         let wanted = choice.failed_over_from.unwrap_or(0);
         // One line a second at most, for all routes: an outage would
         // otherwise log a line per request.
         static GATE: LogGate = LogGate::new();
         if let Some(suppressed) = GATE.allow() {
-            tracing::warn!(route = %route.name, suppressed,
+            tracing::warn!(route = %route.name, suppressed, request_id = id,
                 "no backend of the route has an available endpoint");
         }
-        return local(
-            &route.backends[wanted].metrics,
-            ProxyError::NoEndpoint,
-            choice.overridden,
-            started,
-        );
+        let metrics = &route.backends[wanted].metrics;
+        return log.local(metrics, ProxyError::NoEndpoint, entry, answer);
     };
     if let Some(from) = choice.failed_over_from {
         route.count_failover(from, backend);
     }
     let Some(endpoint) = route.backends[backend].backend.pick() else {
-        return local(
-            &route.backends[backend].metrics,
-            ProxyError::NoEndpoint,
-            choice.overridden,
-            started,
-        );
+        let metrics = &route.backends[backend].metrics;
+        let answer = Answer {
+            backend: Some(name(backend)),
+            ..answer
+        };
+        return log.local(metrics, ProxyError::NoEndpoint, entry, answer);
     };
 
     // 4. Rewrite the request for the upstream (RFC 9110 §7.6).
@@ -162,25 +190,61 @@ pub async fn handle(
     }
 
     // 5. Forward: retries and the request timeout live in `forward`.
+    let mut entry = entry;
+    let cx = Context {
+        started,
+        request_id: id,
+        bytes_in: match &mut entry {
+            Some(e) if !body.is_end_stream() => Some(e.count_in()),
+            _ => None,
+        },
+    };
+    let asked = Instant::now();
+    let chosen = backend;
     let Sent {
         mut resp,
         lease,
         backend,
-        endpoint: _,
+        endpoint,
         in_flight,
         gauge,
-    } = match forward(w, route, backend, endpoint, parts, body, started).await {
+        retries,
+    } = match forward(w, route, backend, endpoint, parts, body, cx).await {
         Ok(sent) => sent,
-        Err(Failed { err, backend }) => {
-            return local(
-                &route.backends[backend].metrics,
-                err,
-                choice.overridden,
-                started,
-            );
+        Err(Failed {
+            err,
+            backend,
+            endpoint,
+            retries,
+        }) => {
+            let answer = Answer {
+                backend: Some(name(backend)),
+                endpoint: endpoint.map(|e| &*e.label),
+                retries,
+                failover_from: answer
+                    .failover_from
+                    .or((backend != chosen).then(|| name(chosen))),
+                upstream: Some(asked.elapsed()),
+                ..answer
+            };
+            return log.local(&route.backends[backend].metrics, err, entry, answer);
         }
     };
     let served = &route.backends[backend];
+    let mut entry = entry.and_then(|e| {
+        let answer = Answer {
+            status: resp.status().as_u16(),
+            backend: Some(&served.backend.name),
+            endpoint: Some(&endpoint.label),
+            retries,
+            failover_from: answer
+                .failover_from
+                .or((backend != chosen).then(|| name(chosen))),
+            upstream: Some(asked.elapsed()),
+            ..answer
+        };
+        e.answer(&answer, None)
+    });
 
     // 6. Rewrite the response: hop-by-hop out, unless switching protocols
     //    (the connection then belongs to the tunnel, not the pool).
@@ -197,12 +261,14 @@ pub async fn handle(
         headers::strip_hop_by_hop(resp.headers_mut());
         if let (Some(client), Some(p)) = (client_upgrade, protocol) {
             headers::set_upgrade(resp.headers_mut(), p);
+            // An upgrade is logged once, when the tunnel ends.
             w.tracker.spawn(upgrade::tunnel(
                 client,
                 upstream_upgrade,
                 route.name.clone(),
                 conn.slot.clone(),
                 w.shared.timeouts.tunnel_idle,
+                entry.take(),
             ));
         }
     } else {
@@ -216,32 +282,52 @@ pub async fn handle(
         resp.headers_mut()
             .insert(&headers::X_CUTOVER_BACKEND, served.name_value.clone());
     }
+    resp.headers_mut()
+        .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
 
-    // 7. Record, and stream the body back.
+    // 7. Record, and stream the body back; the access log line is written
+    //    when the body ends.
     served.metrics.record(
         resp.status().as_u16(),
         choice.overridden,
         started.elapsed().as_secs_f64(),
     );
-    resp.map(|body| ResponseBody::Upstream {
-        body,
-        lease,
-        _in_flight: in_flight,
-        _gauge: gauge,
+    resp.map(|body| {
+        ResponseBody::Upstream {
+            body,
+            lease,
+            _in_flight: in_flight,
+            _gauge: gauge,
+        }
+        .logged(entry)
     })
 }
 
-/// An answer of the proxy's own, counted like any other.
-fn local(
-    metrics: &RouteMetrics,
-    err: ProxyError,
-    overridden: bool,
+/// What a local answer needs besides its error.
+struct Log<'a> {
+    id: &'a HeaderValue,
     started: Instant,
-) -> Response<ResponseBody> {
-    metrics.record(
-        err.status().as_u16(),
-        overridden,
-        started.elapsed().as_secs_f64(),
-    );
-    err.response()
+}
+
+impl Log<'_> {
+    /// An answer of the proxy's own, counted and logged like any other.
+    fn local(
+        &self,
+        metrics: &RouteMetrics,
+        err: ProxyError,
+        entry: Option<Entry>,
+        answer: Answer,
+    ) -> Response<ResponseBody> {
+        let status = err.status().as_u16();
+        metrics.record(
+            status,
+            answer.overridden,
+            self.started.elapsed().as_secs_f64(),
+        );
+        let mut resp = err.response();
+        resp.headers_mut()
+            .insert(request_id::X_REQUEST_ID.clone(), self.id.clone());
+        let entry = entry.and_then(|e| e.answer(&Answer { status, ..answer }, Some(err.code())));
+        resp.map(|b| b.logged(entry))
+    }
 }

@@ -10,6 +10,7 @@ pub mod handler;
 pub mod headers;
 pub mod io;
 pub mod listener;
+pub mod request_id;
 pub mod server;
 pub mod upgrade;
 

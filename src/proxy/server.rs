@@ -35,6 +35,8 @@ pub struct Shared {
     pub limits: Limits,
     pub tls_handshake_timeout: std::time::Duration,
     connections: Arc<Semaphore>,
+    /// `[access_log]`, fixed at start; `None`: off (one branch per request).
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Shared {
                 .as_ref()
                 .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            access_log: None,
             timeouts,
             limits,
         }

@@ -65,6 +65,8 @@ pub struct ClientBody {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     moved: bool,
     polled: Option<Arc<AtomicU64>>,
+    /// Bytes read, for the access log (`count_into`).
+    counted: Option<Arc<AtomicU64>>,
 }
 
 impl ClientBody {
@@ -75,7 +77,13 @@ impl ClientBody {
             timer: None,
             moved: true,
             polled: None,
+            counted: None,
         }
+    }
+
+    /// Adds the bytes of every data frame read to `counter`.
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.counted = Some(counter);
     }
 
     /// The `now_ms()` at which the upstream last polled this body; 0 once
@@ -114,6 +122,11 @@ impl Body for ClientBody {
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.moved = true;
+                if let (Some(c), Some(Ok(f))) = (&this.counted, &frame)
+                    && let Some(data) = f.data_ref()
+                {
+                    c.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 if frame.is_none() || this.body.is_end_stream() {
                     this.ended();
                 }
