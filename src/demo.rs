@@ -102,7 +102,15 @@ pub fn run(http: SocketAddr, admin: SocketAddr, rollout: bool) -> anyhow::Result
         .replace("{blue}", &blue.to_string())
         .replace("{green}", &green.to_string());
     let text = if rollout {
-        text.replace("{weights}", "blue = 100, green = 0") + ROLLOUT
+        // ~300 lines a second would bury the `rollout transition` lines:
+        // the access log goes to a file beside the config instead.
+        text.replace("{weights}", "blue = 100, green = 0")
+            .replace(
+                "# One line per request on this terminal (README, \"Access log\").\n",
+                "# One line per request, in access.log beside this file.\n",
+            )
+            .replace("path = \"stdout\"", "path = \"access.log\"")
+            + ROLLOUT
     } else {
         text.replace("{weights}", "blue = 90, green = 10")
     };
