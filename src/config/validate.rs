@@ -801,6 +801,20 @@ impl Validator<'_> {
                 )
                 .as_secs_f64();
         }
+        if let Some(src) = &a.source {
+            let src = src.get_ref();
+            let url = src.prometheus.get_ref().trim();
+            match crate::analysis::prometheus::check_url(url) {
+                Ok(()) => {
+                    let lag = self.duration(&format!("{key}.source.lag"), &src.lag, 30);
+                    spec.source = Some(crate::config::PromSource {
+                        url: url.trim_end_matches('/').to_owned(),
+                        lag,
+                    });
+                }
+                Err(e) => self.error(&src.prometheus, format!("{key}.source.prometheus: {e}")),
+            }
+        }
         spec
     }
 
@@ -902,7 +916,26 @@ impl Validator<'_> {
                 OnFailure::Rollback
             }
         };
+        let start = r.start.as_ref().and_then(|s| {
+            match humantime::parse_rfc3339_weak(s.get_ref().trim()) {
+                Ok(t) => t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs()),
+                Err(e) => {
+                    self.error(
+                        s,
+                        format!(
+                            "{key}.start: \"{}\" is not an RFC 3339 time like 2026-12-01T18:00:00Z: {e}",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
         Some(RolloutSpec {
+            start,
             id: id.to_owned(),
             canary: canary.clone(),
             baseline: baseline?,

@@ -343,6 +343,7 @@ mod tests {
             hold: Duration::from_secs(60),
             min_requests: 500,
             on_failure,
+            start: None,
         }
     }
 

@@ -111,6 +111,7 @@ mod tests {
             hold: Duration::from_secs(1),
             min_requests: 1,
             on_failure: OnFailure::Rollback,
+            start: None,
         };
         Rollout::start(&plan, &[("blue".into(), 100), ("green".into(), 0)], 12.5)
     }
