@@ -346,9 +346,13 @@ async fn a_dead_prometheus_is_inconclusive_and_the_admin_stays_quick() {
 }
 
 /// The rollout section both replicas run: the same `start` for both.
+///
+/// A 5-point threshold lets an identical green pass after a few hundred
+/// requests (at 1 point it takes about a thousand per side).
 fn rollout(prom: &PromServer, start: &str) -> String {
     format!(
-        "[routes.analysis]\nsource = {{ prometheus = \"{}\", lag = \"2s\" }}\n\
+        "[routes.analysis]\nmax_error_rate_increase = 0.05\n\
+         source = {{ prometheus = \"{}\", lag = \"2s\" }}\n\
          [routes.rollout]\nid = \"v2\"\ncanary = \"green\"\nsteps = [20, 50, 100]\nhold = \"2s\"\n\
          min_requests = 100\nstart = \"{start}\"\n",
         prom.url("")
@@ -398,7 +402,7 @@ async fn rollout_replicas(fail_every: u64) -> ([Proxy; 2], PromServer) {
 async fn replicas_take_the_same_steps_at_the_same_instants_to_promotion() {
     let (ps, _prom) = rollout_replicas(0).await;
     let load = Load::start(&[ps[0].url("/"), ps[1].url("/")], 150);
-    let done = common::eventually(Duration::from_secs(90), || async {
+    let done = common::eventually(Duration::from_secs(120), || async {
         rollout_state(&ps[0]).await["state"] == "promoted"
             && rollout_state(&ps[1]).await["state"] == "promoted"
     })
@@ -415,7 +419,8 @@ async fn replicas_take_the_same_steps_at_the_same_instants_to_promotion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_replicas_roll_back_a_bad_green() {
-    let (ps, _prom) = rollout_replicas(33).await;
+    // Every other request fails: far past the 5-point threshold.
+    let (ps, _prom) = rollout_replicas(2).await;
     let load = Load::start(&[ps[0].url("/"), ps[1].url("/")], 150);
     let done = common::eventually(Duration::from_secs(90), || async {
         rollout_state(&ps[0]).await["state"] == "rolled_back"
@@ -434,4 +439,37 @@ async fn both_replicas_roll_back_a_bad_green() {
         );
         assert_eq!(r["canary_weight"], 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_with_prometheus_down_neither_advances_nor_rolls_back() {
+    // Green fails every other request: its own evidence would roll it
+    // back within about a second of load.
+    let (blue, green) = (backend(0).await, backend(2).await);
+    let (_hold, dead) = common::ctl::refused_addr();
+    let cfg = config(
+        blue,
+        green,
+        "blue = 100, green = 0",
+        &format!(
+            "[routes.analysis]\nsource = {{ prometheus = \"http://{dead}\", lag = \"1s\" }}\n\
+             [routes.rollout]\nid = \"v2\"\ncanary = \"green\"\nsteps = [50, 100]\nhold = \"1s\"\nmin_requests = 50\n"
+        ),
+    );
+    let p = Proxy::start(&cfg).await;
+    let load = Load::start(&[p.url("/")], 200);
+    let waited = common::eventually(Duration::from_secs(10), || async {
+        rollout_state(&p).await["verdict_reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("prometheus unreachable: "))
+    })
+    .await;
+    // Long enough for ~1,000 requests, half of them to a failing green.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = rollout_state(&p).await;
+    drop(load);
+    assert!(waited, "{r:#}");
+    assert_eq!(r["state"], "progressing", "{r:#}");
+    assert_eq!(r["canary_weight"], 50, "{r:#}");
+    assert_eq!(r["verdict"], "inconclusive", "{r:#}");
 }

@@ -365,10 +365,8 @@ async fn get_unbounded(base: &str, path: &str) -> anyhow::Result<Bytes> {
         .header("accept", "application/json")
         .body(Full::new(Bytes::new()))?;
     let resp = if https {
-        let mut config = (*crate::tls::client_config(&Default::default())?).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = rustls_pki_types::ServerName::try_from(host.to_owned())?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(tls_config().await?)
             .connect(name, stream)
             .await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
@@ -391,6 +389,22 @@ async fn get_unbounded(base: &str, path: &str) -> anyhow::Result<Bytes> {
         bail!("answered {status}");
     }
     Ok(body)
+}
+
+/// The client TLS config for `https://` Prometheus URLs (the system's
+/// roots), built once, on a blocking thread: it reads the roots from disk.
+async fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(c) = TLS.get() {
+        return Ok(c.clone());
+    }
+    let c = tokio::task::spawn_blocking(|| -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let mut config = (*crate::tls::client_config(&Default::default())?).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    })
+    .await??;
+    Ok(TLS.get_or_init(|| c).clone())
 }
 
 #[cfg(test)]

@@ -352,7 +352,7 @@ impl Rollouts {
     pub fn wanted(&self, now: f64) -> Vec<Wanted> {
         let mut out = Vec::new();
         for (route, started, lag, hold, k) in lock(&self.wants).iter() {
-            let from = started + lag;
+            let from = started + settle(*lag);
             out.push(Wanted {
                 route: route.clone(),
                 step_started_unix: *started,
@@ -472,6 +472,18 @@ fn describe_entry(e: &Entry) -> Value {
     }
 }
 
+/// The least time from a step's start to its evidence: every replica
+/// decides a step within a poll, a Prometheus answer and a tick of its start
+/// (1 s + usually milliseconds + 0.5 s), so what comes before this may
+/// still have been served at the previous step's weights.
+const SETTLE: f64 = 4.0;
+
+/// How long after a step starts its evidence starts: `lag`, and at least
+/// [`SETTLE`].
+fn settle(lag: f64) -> f64 {
+    lag.max(SETTLE)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -480,10 +492,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// Replicas agree because they judge the same windows: a step that started
 /// at `s` (the same instant on every replica) is judged for `pass` only on
-/// `[s + lag, s + k * hold]` at its boundaries `k = 1, 2, ...` in order,
-/// each once Prometheus holds it (`lag` after it), and the next step starts
-/// at `s + k * hold + lag` everywhere. `fail` and sample-ratio alarms are
-/// read on `[s + lag, now]` at every tick and act at once. No answer from
+/// `[s + settle, s + k * hold]` at its boundaries `k = 1, 2, ...` in
+/// order, each once Prometheus holds it (`lag` after it), and the next step
+/// starts at `s + k * hold + lag` everywhere. `fail` and sample-ratio alarms
+/// are read on `[s + settle, now]` at every tick and act at once. No answer from
 /// Prometheus is `inconclusive`: never a move either way.
 fn prom_observation(e: &mut Entry, route: &crate::routing::Route, s: f64, now: f64) -> Observation {
     let lag = e.prom.as_ref().map_or(0.0, |p| p.lag.as_secs_f64());
@@ -494,7 +506,7 @@ fn prom_observation(e: &mut Entry, route: &crate::routing::Route, s: f64, now: f
         && at_k == k
     {
         let b = s + k as f64 * hold;
-        let elapsed = std::time::Duration::from_secs_f64((b - s - lag).max(0.0));
+        let elapsed = std::time::Duration::from_secs_f64((b - s - settle(lag)).max(0.0));
         if let Ok(j) = evidence::judge_fetched(route, &e.plan, &f, elapsed) {
             // This boundary is judged; the next one is next.
             e.boundary.1 += 1;
@@ -524,7 +536,7 @@ fn prom_observation(e: &mut Entry, route: &crate::routing::Route, s: f64, now: f
     };
     let (label, verdict, reasons, canary, baseline) = match &e.live {
         Some((ls, Ok(f))) if *ls == s => {
-            let elapsed = std::time::Duration::from_secs_f64((now - s - lag).max(0.0));
+            let elapsed = std::time::Duration::from_secs_f64((now - s - settle(lag)).max(0.0));
             match evidence::judge_fetched(route, &e.plan, f, elapsed) {
                 Ok(j) => {
                     // Only a boundary moves a step forward.
