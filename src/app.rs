@@ -450,6 +450,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             app.analysis.clone(),
             app.shared.clone(),
         ));
+        tokio::spawn(crate::analysis::prometheus::run(
+            app.analysis.clone(),
+            app.shared.clone(),
+            app.clone(),
+        ));
         let _watcher = config::watch::spawn(app.clone()).await?;
         tokio::spawn(crate::dashboard::history::run(
             app.history.clone(),
@@ -526,6 +531,21 @@ impl config::watch::Reloader for App {
 
     fn watched_files(&self) -> Vec<PathBuf> {
         App::watched_files(self)
+    }
+}
+
+/// Rollouts whose evidence comes from Prometheus ask through the app.
+impl crate::analysis::prometheus::StepEvidence for App {
+    fn wanted(&self, now_unix: f64) -> Vec<crate::analysis::prometheus::Wanted> {
+        self.rollouts.wanted(now_unix)
+    }
+
+    fn deliver(
+        &self,
+        wanted: &crate::analysis::prometheus::Wanted,
+        result: Result<crate::analysis::prometheus::Fetched, String>,
+    ) {
+        self.rollouts.deliver(wanted, result);
     }
 }
 

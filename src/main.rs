@@ -82,8 +82,9 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
-    /// The A/B verdicts of a running Cutover; exit 0 pass, 1 fail,
-    /// 2 inconclusive, 3 when the admin endpoint cannot be read.
+    /// The A/B verdicts of a running Cutover (or, with --prometheus, of
+    /// every replica's evidence summed by Prometheus); exit 0 pass, 1 fail,
+    /// 2 inconclusive, 3 when the evidence cannot be read.
     Report {
         #[arg(long, default_value = "http://127.0.0.1:9901")]
         admin: String,
@@ -91,6 +92,13 @@ enum Command {
         route: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Read the evidence from this Prometheus (http://host:port), no
+        /// proxy needed; needs --route.
+        #[arg(long, requires = "route")]
+        prometheus: Option<String>,
+        /// With --prometheus: how far back the evidence goes.
+        #[arg(long, default_value = "5m", requires = "prometheus")]
+        window: String,
     },
     /// Show per-variant traffic, errors and latency from a running Cutover.
     Status {
@@ -112,7 +120,17 @@ fn parse_weight(s: &str) -> Result<(String, u32), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    if let Command::Report { admin, route, json } = &cli.command {
+    if let Command::Report {
+        admin,
+        route,
+        json,
+        prometheus,
+        window,
+    } = &cli.command
+    {
+        if let (Some(url), Some(route)) = (prometheus, route) {
+            return cutover::report::run_prometheus(url, route, window, *json);
+        }
         return cutover::report::run(admin, route.as_deref(), *json);
     }
     let result = match cli.command {

@@ -4,8 +4,7 @@
 //! when a routing table is built ([`RouteMetrics`]), so recording a request
 //! hashes no label and takes no lock.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use crate::analysis::evidence::Evidence;
 
@@ -94,7 +93,7 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// A/B evidence per (route, backend), kept across reloads like the
     /// Prometheus series (see `analysis`).
-    evidence: Mutex<HashMap<(String, String), Arc<Evidence>>>,
+    evidence: crate::analysis::exported::EvidenceMap,
     edges: Vec<f64>,
     pub analysis_verdict: IntGaugeVec,
     pub srm_alarm: IntGaugeVec,
@@ -278,7 +277,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -302,6 +301,10 @@ impl Metrics {
             Box::new(srm_alarm.clone()),
             Box::new(access_log_dropped.clone()),
         ];
+        let evidence = crate::analysis::exported::EvidenceMap::default();
+        collectors.push(Box::new(crate::analysis::exported::EvidenceCollector::new(
+            evidence.clone(),
+        )));
         for c in collectors {
             registry.register(c).expect("metric names are unique");
         }
@@ -331,7 +334,7 @@ impl Metrics {
             rollout_state,
             rollout_transitions,
             notifications,
-            evidence: Mutex::new(HashMap::new()),
+            evidence,
             edges: buckets.to_vec(),
             analysis_verdict,
             srm_alarm,

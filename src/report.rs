@@ -2,6 +2,9 @@
 //! terminal, with an exit status for CI/CD gates: 0 pass, 1 fail, 2
 //! inconclusive (the worst comparison shown decides), 3 when the admin
 //! endpoint cannot be read.
+//!
+//! With `--prometheus URL` it needs no proxy: the same verdict function is
+//! applied to the evidence of every replica, summed by Prometheus.
 
 use std::process::ExitCode;
 
@@ -19,6 +22,86 @@ pub fn run(admin: &str, route: Option<&str>, json: bool) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// `cutover report --prometheus URL --route NAME --window W`: the verdicts
+/// of `route` over the last `window`, from every replica's evidence.
+pub fn run_prometheus(url: &str, route: &str, window: &str, json: bool) -> ExitCode {
+    match from_prometheus(url, route, window) {
+        Ok(doc) => {
+            let (text, code) = render(&doc, Some(route), json);
+            print!("{text}");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn from_prometheus(url: &str, route: &str, window: &str) -> anyhow::Result<Value> {
+    use crate::analysis::window::{SrmUnit, Subject, judge_counts};
+    use anyhow::Context;
+    crate::analysis::prometheus::check_url(url)
+        .map_err(|e| anyhow::anyhow!("--prometheus: {e}"))?;
+    let window = humantime::parse_duration(window)
+        .with_context(|| format!("--window: \"{window}\" is not a duration like 10m"))?;
+    if window.is_zero() {
+        anyhow::bail!("--window must be more than 0");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let now = crate::analysis::prometheus::now_unix();
+    let f = rt.block_on(crate::analysis::prometheus::fetch(
+        url.trim_end_matches('/'),
+        route,
+        window,
+        now,
+    ))?;
+    if f.backends.len() < 2 {
+        anyhow::bail!(
+            "prometheus has evidence of {} backend(s) of route \"{route}\" (cutover_analysis_requests_total): two are needed",
+            f.backends.len()
+        );
+    }
+    // As the proxy does by default: the baseline is the largest weight in
+    // force, new sticky users are the SRM unit where there are any.
+    let backends: Vec<(String, u32)> = f
+        .backends
+        .iter()
+        .map(|b| (b.clone(), f.weights.get(b).copied().unwrap_or(0)))
+        .collect();
+    let baseline = backends
+        .iter()
+        .fold(None::<&(String, u32)>, |best, b| match best {
+            Some(x) if x.1 >= b.1 => Some(x),
+            _ => Some(b),
+        })
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    let unit = if backends.iter().all(|b| b.1 == 0) {
+        SrmUnit::None
+    } else if f.counts.iter().any(|c| c.assigned > 0) {
+        SrmUnit::NewUsers
+    } else {
+        SrmUnit::Requests
+    };
+    let subject = Subject {
+        name: route.to_owned(),
+        backends,
+        baseline,
+        unit,
+        settings: crate::analysis::Settings::default(),
+        edges: f.edges.clone(),
+    };
+    let names: Vec<&str> = f.backends.iter().map(String::as_str).collect();
+    let counts = f.aligned(&names, &f.edges).map_err(anyhow::Error::msg)?;
+    let mut a = judge_counts(&subject, &counts, window);
+    a.source = "prometheus";
+    a.replicas = Some(f.replicas);
+    Ok(crate::analysis::json::document(&[a]))
 }
 
 fn fetch(admin: &str) -> anyhow::Result<Value> {
@@ -66,6 +149,12 @@ pub fn render(doc: &Value, route: Option<&str>, json: bool) -> (String, u8) {
             r["name"].as_str().unwrap_or("?"),
             r["window_seconds"].as_f64().unwrap_or(0.0)
         ));
+        if r["source"] == "prometheus" {
+            out.push_str(&format!(
+                "  evidence of {} replica(s), summed by prometheus\n",
+                r["replicas"].as_u64().unwrap_or(0)
+            ));
+        }
         for c in r["comparisons"].as_array().into_iter().flatten() {
             let name = c["backend"].as_str().unwrap_or("?");
             let w = name.len().max(base.len()).max(8);

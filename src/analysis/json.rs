@@ -18,6 +18,8 @@ fn route(a: &RouteAnalysis) -> Value {
         "baseline": a.baseline,
         "window_seconds": a.window_seconds,
         "confidence": a.settings.confidence,
+        "source": a.source,
+        "replicas": a.replicas,
         "comparisons": a.comparisons.iter().map(|j| comparison(a, j)).collect::<Vec<_>>(),
     })
 }
@@ -99,6 +101,7 @@ pub fn gate(
     let body = json!({
         "route": a.name,
         "baseline": a.baseline,
+        "source": a.source,
         "verdict": kind.as_str(),
         "comparisons": picked.iter().map(|j| comparison(a, j)).collect::<Vec<_>>(),
     });

@@ -12,13 +12,17 @@
 //! - [`verdict`]: the three combined under one error budget.
 //!
 //! Recording the evidence on the request path is [`evidence`]; the sliding
-//! and "since an instant" windows over it are [`window`].
+//! and "since an instant" windows over it are [`window`]; [`exported`] makes
+//! it Prometheus series, and [`prometheus`] reads them back summed over
+//! replicas.
 
 pub mod dkw;
 pub mod error_rate;
 pub mod evidence;
+pub mod exported;
 pub mod json;
 pub mod latency;
+pub mod prometheus;
 pub mod rate;
 pub mod srm;
 pub mod verdict;

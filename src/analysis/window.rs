@@ -38,6 +38,61 @@ pub struct RouteAnalysis {
     pub settings: verdict::Settings,
     pub edges: Vec<f64>,
     pub comparisons: Vec<Judged>,
+    /// `local` (this process's evidence) or `prometheus` (every replica's).
+    pub source: &'static str,
+    /// With `prometheus`: how many replicas export the route's evidence.
+    pub replicas: Option<u64>,
+}
+
+/// How the sample-ratio test counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SrmUnit {
+    Requests,
+    /// New sticky users (a sticky route with a cookie).
+    NewUsers,
+    /// No test (a route sticky by a header only).
+    None,
+}
+
+/// What a route's verdicts are computed on besides the counts: the same
+/// whether the counts are local or summed over replicas by Prometheus.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub name: String,
+    /// (backend, weight), aligned with the counts.
+    pub backends: Vec<(String, u32)>,
+    pub baseline: String,
+    pub unit: SrmUnit,
+    pub settings: verdict::Settings,
+    pub edges: Vec<f64>,
+}
+
+impl Subject {
+    /// `route` with `baseline`.
+    pub fn of(route: &Route, baseline: &str) -> Subject {
+        let unit = match &route.sticky {
+            None => SrmUnit::Requests,
+            Some(s) if s.cookie.is_some() => SrmUnit::NewUsers,
+            Some(_) => SrmUnit::None,
+        };
+        Subject {
+            name: route.name.to_string(),
+            backends: route
+                .backends
+                .iter()
+                .map(|b| (b.backend.name.to_string(), b.weight))
+                .collect(),
+            baseline: baseline.to_owned(),
+            unit,
+            settings: route.analysis.settings.clone(),
+            edges: route
+                .backends
+                .first()
+                .and_then(|b| b.metrics.evidence())
+                .map(|e| e.edges().to_vec())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 struct History {
@@ -52,9 +107,70 @@ struct History {
 pub struct Windows {
     histories: Mutex<HashMap<String, History>>,
     latest: Mutex<Vec<RouteAnalysis>>,
+    /// The last answer from Prometheus per route with `analysis.source`.
+    polled: Mutex<HashMap<String, Polled>>,
 }
 
+/// An answer from Prometheus, or why there is none.
+#[derive(Clone)]
+struct Polled {
+    at: Instant,
+    result: Result<super::prometheus::Fetched, String>,
+}
+
+/// An answer older than this is not used (the poller bounds every query by
+/// [`super::prometheus::TIMEOUT`], so this means it stopped answering).
+const STALE: Duration = Duration::from_secs(15);
+
 impl Windows {
+    /// Keeps Prometheus' latest answer for `route`.
+    pub fn set_polled(&self, route: String, result: Result<super::prometheus::Fetched, String>) {
+        let p = Polled {
+            at: Instant::now(),
+            result,
+        };
+        self.polled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(route, p);
+    }
+
+    /// The analysis of a route whose evidence comes from Prometheus: its
+    /// last answer, summed over replicas, judged like local counts; no
+    /// answer is `inconclusive`, never a move.
+    fn judged_by_prometheus(&self, route: &Route, now: Instant) -> RouteAnalysis {
+        let polled = self
+            .polled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&*route.name)
+            .cloned();
+        let subject = Subject::of(route, &baseline(route));
+        let names: Vec<&str> = subject.backends.iter().map(|b| b.0.as_str()).collect();
+        let window = route.analysis.window;
+        let none = |why: String| judge_counts(&subject, &[], window).unknown(&why);
+        let mut a = match polled {
+            None => none("waiting for the first answer from prometheus".into()),
+            Some(p) if now.saturating_duration_since(p.at) > STALE => none(format!(
+                "prometheus unreachable: no answer for {:.0} s",
+                now.saturating_duration_since(p.at).as_secs_f64()
+            )),
+            Some(p) => match &p.result {
+                Err(e) => none(format!("prometheus unreachable: {e}")),
+                Ok(f) => match f.aligned(&names, &subject.edges) {
+                    Err(e) => none(e),
+                    Ok(counts) => {
+                        let mut a = judge_counts(&subject, &counts, window);
+                        a.replicas = Some(f.replicas);
+                        a
+                    }
+                },
+            },
+        };
+        a.source = "prometheus";
+        a
+    }
+
     /// The analyses of the last tick.
     pub fn latest(&self) -> Vec<RouteAnalysis> {
         self.latest
@@ -69,7 +185,15 @@ impl Windows {
         let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
         histories.retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
         let mut out = Vec::new();
+        self.polled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
         for route in table.routes.iter().filter(|r| r.backends.len() >= 2) {
+            if route.analysis.source.is_some() {
+                out.push(self.judged_by_prometheus(route, now));
+                continue;
+            }
             let key: Vec<(String, u32)> = route
                 .backends
                 .iter()
@@ -131,33 +255,39 @@ fn baseline(route: &Route) -> String {
 /// Judges every other backend of `route` against the baseline on `counts`
 /// (aligned with `route.backends`).
 pub fn judge(route: &Route, baseline: &str, counts: &[Counts], window: Duration) -> RouteAnalysis {
-    let settings = route.analysis.settings.clone();
+    judge_counts(&Subject::of(route, baseline), counts, window)
+}
+
+/// Judges every other backend of `s` against its baseline on `counts`
+/// (aligned with `s.backends`): the one verdict function, whatever the
+/// counts' source.
+pub fn judge_counts(s: &Subject, counts: &[Counts], window: Duration) -> RouteAnalysis {
+    let settings = s.settings.clone();
     let alpha = 1.0 - settings.confidence;
-    let weights: Vec<u32> = route.backends.iter().map(|b| b.weight).collect();
+    let weights: Vec<u32> = s.backends.iter().map(|b| b.1).collect();
     // On a sticky route with a cookie the unit is the user (one new cookie
     // each); on a header-hashed sticky route users cannot be counted, so
     // there is no test.
-    let (srm, srm_unit) = match &route.sticky {
-        None => {
+    let (srm, srm_unit) = match s.unit {
+        SrmUnit::Requests => {
             let n: Vec<u64> = counts.iter().map(|c| c.requests).collect();
             (srm::test(&n, &weights, alpha), "requests")
         }
-        Some(s) if s.cookie.is_some() => {
+        SrmUnit::NewUsers => {
             let n: Vec<u64> = counts.iter().map(|c| c.assigned).collect();
             (srm::test(&n, &weights, alpha), "new sticky users")
         }
-        Some(_) => (
+        SrmUnit::None => (
             srm::test(&[], &[], alpha),
             "none (header-hashed sticky route)",
         ),
     };
-    let edges = route
+    let edges = &s.edges;
+    let bi = s
         .backends
-        .first()
-        .and_then(|b| b.metrics.evidence())
-        .map(|e| e.edges().to_vec())
-        .unwrap_or_default();
-    let bi = route.backend_index(baseline).unwrap_or(0);
+        .iter()
+        .position(|b| b.0 == s.baseline)
+        .unwrap_or(0);
     fn side<'a>(c: &'a Counts, edges: &'a [f64]) -> Side<'a> {
         Side {
             requests: c.requests,
@@ -168,32 +298,46 @@ pub fn judge(route: &Route, baseline: &str, counts: &[Counts], window: Duration)
             },
         }
     }
-    let comparisons = route
+    let empty = Counts {
+        buckets: vec![0; edges.len() + 1],
+        ..Counts::default()
+    };
+    let at = |i: usize| counts.get(i).unwrap_or(&empty);
+    let comparisons = s
         .backends
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != bi)
         .map(|(i, b)| Judged {
-            backend: b.backend.name.to_string(),
-            green: counts[i].clone(),
-            blue: counts[bi].clone(),
-            comparison: verdict::compare(
-                side(&counts[i], &edges),
-                side(&counts[bi], &edges),
-                &srm,
-                &settings,
-            ),
+            backend: b.0.clone(),
+            green: at(i).clone(),
+            blue: at(bi).clone(),
+            comparison: verdict::compare(side(at(i), edges), side(at(bi), edges), &srm, &settings),
         })
         .collect();
     RouteAnalysis {
-        name: route.name.to_string(),
-        baseline: route.backends[bi].backend.name.to_string(),
+        name: s.name.clone(),
+        baseline: s.backends.get(bi).map(|b| b.0.clone()).unwrap_or_default(),
         window_seconds: window.as_secs_f64(),
         srm,
         srm_unit,
         settings,
         edges: edges.clone(),
         comparisons,
+        source: "local",
+        replicas: None,
+    }
+}
+
+impl RouteAnalysis {
+    /// Every verdict made `inconclusive`, with `why` first among the
+    /// reasons: evidence that could not be read is never `pass` nor `fail`.
+    pub fn unknown(mut self, why: &str) -> RouteAnalysis {
+        for j in &mut self.comparisons {
+            j.comparison.kind = Kind::Inconclusive;
+            j.comparison.reasons.insert(0, why.to_owned());
+        }
+        self
     }
 }
 

@@ -227,6 +227,20 @@ pub struct AnalysisSpec {
     /// The sliding window of evidence.
     pub window: std::time::Duration,
     pub settings: crate::analysis::Settings,
+    /// `source = { prometheus = ... }`: judge on every replica's evidence.
+    pub source: Option<PromSource>,
+}
+
+/// Where a route's evidence comes from when not from this process alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromSource {
+    /// The Prometheus server's base URL (its HTTP API is under it).
+    pub url: String,
+    /// How long after an instant Prometheus holds every replica's samples
+    /// up to it (a scrape interval and then some): rollout steps are
+    /// judged this long after their boundaries, and their evidence starts
+    /// this long after they do.
+    pub lag: Duration,
 }
 
 impl Default for AnalysisSpec {
@@ -235,6 +249,7 @@ impl Default for AnalysisSpec {
             baseline: None,
             window: std::time::Duration::from_secs(300),
             settings: crate::analysis::Settings::default(),
+            source: None,
         }
     }
 }
@@ -255,6 +270,9 @@ pub struct RolloutSpec {
     /// Per side, per step, before the step can pass.
     pub min_requests: u64,
     pub on_failure: OnFailure,
+    /// `start`: when the first step starts (Unix seconds), the same for
+    /// every replica; `None`: when this process first sees the rollout.
+    pub start: Option<u64>,
     /// Where its transitions are announced: its own `notify`, else the
     /// global `[rollout] notify`.
     pub notify: Option<NotifySpec>,

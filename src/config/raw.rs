@@ -71,6 +71,8 @@ pub struct RawRollout {
     pub min_requests: Option<Spanned<i64>>,
     pub on_failure: Option<Str>,
     pub notify: Option<Spanned<RawNotify>>,
+    /// RFC 3339: when the first step starts, the same for every replica.
+    pub start: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +213,16 @@ pub struct RawAnalysis {
     pub max_error_rate_increase: Option<Spanned<f64>>,
     pub max_latency_increase: Option<Str>,
     pub quantile: Option<Spanned<f64>>,
+    pub source: Option<Spanned<RawSource>>,
+}
+
+/// `source = { prometheus = "URL", lag = "30s" }`: the evidence of every
+/// replica, summed by Prometheus.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub prometheus: Str,
+    pub lag: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -861,6 +861,20 @@ impl Validator<'_> {
                 )
                 .as_secs_f64();
         }
+        if let Some(src) = &a.source {
+            let src = src.get_ref();
+            let url = src.prometheus.get_ref().trim();
+            match crate::analysis::prometheus::check_url(url) {
+                Ok(()) => {
+                    let lag = self.duration(&format!("{key}.source.lag"), &src.lag, 30);
+                    spec.source = Some(crate::config::PromSource {
+                        url: url.trim_end_matches('/').to_owned(),
+                        lag,
+                    });
+                }
+                Err(e) => self.error(&src.prometheus, format!("{key}.source.prometheus: {e}")),
+            }
+        }
         spec
     }
 
@@ -966,7 +980,26 @@ impl Validator<'_> {
                 OnFailure::Rollback
             }
         };
+        let start = r.start.as_ref().and_then(|s| {
+            match humantime::parse_rfc3339_weak(s.get_ref().trim()) {
+                Ok(t) => t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs()),
+                Err(e) => {
+                    self.error(
+                        s,
+                        format!(
+                            "{key}.start: \"{}\" is not an RFC 3339 time like 2026-12-01T18:00:00Z: {e}",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
         Some(RolloutSpec {
+            start,
             id: id.to_owned(),
             canary: canary.clone(),
             baseline: baseline?,
@@ -1351,6 +1384,49 @@ mod tests {
 
     const ROLLOUT_ROUTE: &str =
         "[[routes]]\nname = \"app\"\nweights = { blue = 100, green = 0 }\n[routes.rollout]\n";
+
+    #[test]
+    fn prometheus_source_and_rollout_start_are_validated_with_locations() {
+        let route =
+            "[[routes]]\nname = \"app\"\nweights = { blue = 50, green = 50 }\n[routes.analysis]\n";
+        let ok = format!(
+            "{BASE}{route}source = {{ prometheus = \"http://prom:9090/\", lag = \"5s\" }}\n"
+        );
+        let c = parse(Path::new("c.toml"), &ok).unwrap();
+        let src = c.routes[0].analysis.source.clone().unwrap();
+        assert_eq!(
+            (src.url.as_str(), src.lag),
+            ("http://prom:9090", Duration::from_secs(5))
+        );
+        let e = errors(&format!(
+            "{BASE}{route}source = {{ prometheus = \"ftp://x\" }}\n"
+        ));
+        assert!(
+            e.contains("c.toml:11:25: routes[0].analysis.source.prometheus: \"ftp://x\" must start with http:// or https://"),
+            "{e}"
+        );
+        let e = errors(&format!(
+            "{BASE}{route}source = {{ prom = \"http://p\" }}\n"
+        ));
+        assert!(e.contains("c.toml:11:"), "{e}");
+        let start = |v: &str| {
+            format!(
+                "{BASE}{ROLLOUT_ROUTE}id = \"v2\"\ncanary = \"green\"\nsteps = [10, 100]\nstart = \"{v}\"\n"
+            )
+        };
+        let c = parse(Path::new("c.toml"), &start("2026-12-01T18:00:00Z")).unwrap();
+        assert_eq!(
+            c.routes[0].rollout.as_ref().unwrap().start,
+            Some(1_796_148_000)
+        );
+        let e = errors(&start("tomorrow"));
+        assert!(
+            e.contains(
+                "c.toml:14:9: routes[0].rollout.start: \"tomorrow\" is not an RFC 3339 time"
+            ),
+            "{e}"
+        );
+    }
 
     #[test]
     fn rollout_is_validated_with_locations() {

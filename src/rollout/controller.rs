@@ -13,11 +13,13 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use super::evidence;
-use super::machine::{Command, Phase, Rollout};
+use super::machine::{Command, Observation, Phase, Rollout, Verdict};
 use super::notify::{Evidence, Outbox};
 use super::store;
+use crate::analysis::Kind;
 use crate::analysis::evidence::Counts;
-use crate::config::{Config, RolloutSpec};
+use crate::analysis::prometheus::{Fetched, Wanted};
+use crate::config::{Config, PromSource, RolloutSpec};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 
@@ -27,7 +29,17 @@ pub struct Rollouts {
     inner: Mutex<Inner>,
     /// Transition events for the routes' webhooks.
     pub notify: Outbox,
+    /// Prometheus' answers, delivered by the poller, taken by the next
+    /// tick: this lock is never held across I/O, unlike `inner`.
+    mailbox: Mutex<Vec<(Wanted, Result<Fetched, String>)>>,
+    /// What the rollouts with `analysis.source` want fetched, as of the
+    /// last tick.
+    wants: Mutex<Vec<Want>>,
 }
+
+/// A rollout's step as the poller needs it: route, step start, lag, hold
+/// (seconds) and the next boundary to judge.
+type Want = (String, f64, f64, f64, u64);
 
 #[derive(Default)]
 struct Inner {
@@ -52,6 +64,15 @@ struct Entry {
     evidence: Option<Evidence>,
     /// The route's weights in the file.
     file: Vec<(String, u32)>,
+    /// `analysis.source`: the step's evidence is every replica's, from
+    /// Prometheus, and steps end on boundaries every replica computes alike.
+    prom: Option<PromSource>,
+    /// (step start, k): the step's next boundary to judge.
+    boundary: (f64, u64),
+    /// Prometheus' last answer for the step (its start) up to now.
+    live: Option<(f64, Result<Fetched, String>)>,
+    /// Prometheus' answer for a boundary (step start, k).
+    at_boundary: Option<(f64, u64, Result<Fetched, String>)>,
 }
 
 /// What a tick or command changed, for the caller to publish.
@@ -142,6 +163,7 @@ impl Rollouts {
             let mut entry = Entry {
                 plan: plan.clone(),
                 file: route.weights.clone(),
+                prom: route.analysis.source.clone(),
                 ..entry
             };
             if let Some(r) = &mut entry.rollout {
@@ -192,6 +214,10 @@ impl Rollouts {
             verdict: "inconclusive",
             evidence: None,
             file: weights.to_vec(),
+            prom: None,
+            boundary: (0.0, 1),
+            live: None,
+            at_boundary: None,
         };
         match store::load(dir, route) {
             Ok(Some(r)) if r.id == plan.id => {
@@ -199,7 +225,8 @@ impl Rollouts {
                 entry.rollout = Some(r);
             }
             Ok(_) => {
-                let r = Rollout::start(plan, weights, now);
+                // A `start` in the file is the same for every replica.
+                let r = Rollout::start(plan, weights, plan.start.map_or(now, |s| s as f64));
                 transition_log(route, &r, metrics, &self.notify, plan, None);
                 if let Err(e) = store::save(dir, route, &r) {
                     entry.problem = Some(format!(
@@ -239,34 +266,57 @@ impl Rollouts {
     /// One evaluation of every progressing rollout on the evidence since
     /// its step started.
     pub fn tick(&self, table: &RoutingTable, metrics: &Metrics) -> Changed {
+        let delivered = std::mem::take(&mut *lock(&self.mailbox));
         let mut inner = self.lock();
         let dir = inner.dir.clone();
         let now = now_unix();
         let mut changed = Changed::default();
+        for (w, result) in delivered {
+            let Some(e) = inner.routes.get_mut(&w.route) else {
+                continue;
+            };
+            match w.boundary {
+                None => e.live = Some((w.step_started_unix, result)),
+                Some((k, _)) => e.at_boundary = Some((w.step_started_unix, k, result)),
+            }
+        }
         for (name, e) in inner.routes.iter_mut() {
-            let Some(r) = &mut e.rollout else { continue };
             let Some(route) = table.routes.iter().find(|t| &*t.name == name) else {
                 continue;
             };
-            if e.base.as_ref().is_none_or(|b| b.0 != r.step_started_unix) {
+            let Some(started) = e.rollout.as_ref().map(|r| r.step_started_unix) else {
+                continue;
+            };
+            if e.base.as_ref().is_none_or(|b| b.0 != started) {
                 let now = std::time::Instant::now();
-                e.base = Some((r.step_started_unix, now, evidence::snapshot(route)));
+                e.base = Some((started, now, evidence::snapshot(route)));
             }
-            let Some(base) = &e.base else { continue };
-            if r.phase != Phase::Progressing {
+            if e.boundary.0 != started {
+                e.boundary = (started, 1);
+            }
+            if e.rollout
+                .as_ref()
+                .is_none_or(|r| r.phase != Phase::Progressing)
+            {
                 continue;
             }
-            let j = evidence::judge(route, &e.plan, &base.2, base.1.elapsed());
-            e.verdict = j.label;
-            let before = r.clone();
-            let o = super::machine::Observation {
-                now_unix: now,
-                verdict: j.verdict,
-                canary_requests: j.canary_requests,
-                baseline_requests: j.baseline_requests,
-                reasons: j.reasons,
+            let o = if e.prom.is_some() {
+                prom_observation(e, route, started, now)
+            } else {
+                let Some(base) = &e.base else { continue };
+                let j = evidence::judge(route, &e.plan, &base.2, base.1.elapsed());
+                e.verdict = j.label;
+                e.evidence = Some(j.evidence);
+                Observation {
+                    now_unix: now,
+                    verdict: j.verdict,
+                    canary_requests: j.canary_requests,
+                    baseline_requests: j.baseline_requests,
+                    reasons: j.reasons,
+                }
             };
-            e.evidence = Some(j.evidence);
+            let Some(r) = &mut e.rollout else { continue };
+            let before = r.clone();
             if !r.tick(&e.plan, &o) {
                 continue;
             }
@@ -290,7 +340,62 @@ impl Rollouts {
                 record_metrics(metrics, name, e.rollout.as_ref());
             }
         }
+        let wants = inner
+            .routes
+            .iter()
+            .filter_map(|(name, e)| {
+                let r = e
+                    .rollout
+                    .as_ref()
+                    .filter(|r| r.phase == Phase::Progressing)?;
+                let src = e.prom.as_ref()?;
+                let k = if e.boundary.0 == r.step_started_unix {
+                    e.boundary.1
+                } else {
+                    1
+                };
+                Some((
+                    name.clone(),
+                    r.step_started_unix,
+                    src.lag.as_secs_f64(),
+                    e.plan.hold.as_secs_f64(),
+                    k,
+                ))
+            })
+            .collect();
+        *lock(&self.wants) = wants;
         changed
+    }
+
+    /// The windows of evidence the rollouts with `analysis.source` want
+    /// from Prometheus at `now`: the step's so far (for `fail` and SRM),
+    /// and its next boundary once Prometheus holds it (for `pass`).
+    pub fn wanted(&self, now: f64) -> Vec<Wanted> {
+        let mut out = Vec::new();
+        for (route, started, lag, hold, k) in lock(&self.wants).iter() {
+            let from = started + settle(*lag);
+            out.push(Wanted {
+                route: route.clone(),
+                step_started_unix: *started,
+                from,
+                boundary: None,
+            });
+            let b = started + *k as f64 * hold;
+            if now >= b + lag {
+                out.push(Wanted {
+                    route: route.clone(),
+                    step_started_unix: *started,
+                    from,
+                    boundary: Some((*k, b)),
+                });
+            }
+        }
+        out
+    }
+
+    /// Prometheus' answer to a [`Rollouts::wanted`] window, for the next tick.
+    pub fn deliver(&self, w: &Wanted, result: Result<Fetched, String>) {
+        lock(&self.mailbox).push((w.clone(), result));
     }
 
     /// A person's command on `route`'s rollout.
@@ -394,6 +499,103 @@ fn describe_entry(e: &Entry) -> Value {
                 "history": r.history,
             }),
         }
+    }
+}
+
+/// The least time from a step's start to its evidence: every replica
+/// decides a step within a poll, a Prometheus answer and a tick of its start
+/// (1 s + usually milliseconds + 0.5 s), so what comes before this may
+/// still have been served at the previous step's weights.
+const SETTLE: f64 = 4.0;
+
+/// How long after a step starts its evidence starts: `lag`, and at least
+/// [`SETTLE`].
+fn settle(lag: f64) -> f64 {
+    lag.max(SETTLE)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The observation of a rollout whose evidence comes from Prometheus.
+///
+/// Replicas agree because they judge the same windows: a step that started
+/// at `s` (the same instant on every replica) is judged for `pass` only on
+/// `[s + settle, s + k * hold]` at its boundaries `k = 1, 2, ...` in
+/// order, each once Prometheus holds it (`lag` after it), and the next step
+/// starts at `s + k * hold + lag` everywhere. `fail` and sample-ratio alarms
+/// are read on `[s + settle, now]` at every tick and act at once. No answer from
+/// Prometheus is `inconclusive`: never a move either way.
+fn prom_observation(e: &mut Entry, route: &crate::routing::Route, s: f64, now: f64) -> Observation {
+    let lag = e.prom.as_ref().map_or(0.0, |p| p.lag.as_secs_f64());
+    let hold = e.plan.hold.as_secs_f64();
+    let k = e.boundary.1;
+    if let Some((at_s, at_k, Ok(f))) = e.at_boundary.take()
+        && at_s == s
+        && at_k == k
+    {
+        let b = s + k as f64 * hold;
+        let elapsed = std::time::Duration::from_secs_f64((b - s - settle(lag)).max(0.0));
+        if let Ok(j) = evidence::judge_fetched(route, &e.plan, &f, elapsed) {
+            // This boundary is judged; the next one is next.
+            e.boundary.1 += 1;
+            if j.verdict == Verdict::Pass
+                && j.canary_requests >= e.plan.min_requests
+                && j.baseline_requests >= e.plan.min_requests
+            {
+                e.verdict = j.label;
+                return Observation {
+                    now_unix: b + lag,
+                    verdict: Verdict::Pass,
+                    canary_requests: j.canary_requests,
+                    baseline_requests: j.baseline_requests,
+                    reasons: j.reasons,
+                };
+            }
+        }
+    }
+    let unknown = |why: String| {
+        (
+            Kind::Inconclusive.as_str(),
+            Verdict::Inconclusive,
+            vec![why],
+            0,
+            0,
+        )
+    };
+    let (label, verdict, reasons, canary, baseline) = match &e.live {
+        Some((ls, Ok(f))) if *ls == s => {
+            let elapsed = std::time::Duration::from_secs_f64((now - s - settle(lag)).max(0.0));
+            match evidence::judge_fetched(route, &e.plan, f, elapsed) {
+                Ok(j) => {
+                    // Only a boundary moves a step forward.
+                    let v = if j.verdict == Verdict::Pass {
+                        Verdict::Inconclusive
+                    } else {
+                        j.verdict
+                    };
+                    (
+                        j.label,
+                        v,
+                        j.reasons,
+                        j.canary_requests,
+                        j.baseline_requests,
+                    )
+                }
+                Err(why) => unknown(why),
+            }
+        }
+        Some((ls, Err(why))) if *ls == s => unknown(format!("prometheus unreachable: {why}")),
+        _ => unknown("waiting for an answer from prometheus".into()),
+    };
+    e.verdict = label;
+    Observation {
+        now_unix: now,
+        verdict,
+        canary_requests: canary,
+        baseline_requests: baseline,
+        reasons,
     }
 }
 

@@ -42,7 +42,31 @@ pub fn judge(route: &Route, plan: &RolloutSpec, start: &[Counts], elapsed: Durat
         .enumerate()
         .map(|(i, c)| c.since(start.get(i).unwrap_or(&Counts::default())))
         .collect();
-    let a = window::judge(route, &plan.baseline, &counts, elapsed);
+    judge_counts(route, plan, &counts, elapsed)
+}
+
+/// Judges the canary of `plan` on what every replica of `route` saw, as
+/// summed by Prometheus; an error when the answer does not fit the route.
+pub fn judge_fetched(
+    route: &Route,
+    plan: &RolloutSpec,
+    fetched: &crate::analysis::prometheus::Fetched,
+    elapsed: Duration,
+) -> Result<Judgement, String> {
+    let subject = window::Subject::of(route, &plan.baseline);
+    let names: Vec<&str> = subject.backends.iter().map(|b| b.0.as_str()).collect();
+    let counts = fetched.aligned(&names, &subject.edges)?;
+    Ok(judge_counts(route, plan, &counts, elapsed))
+}
+
+/// Judges the canary of `plan` on `counts` (aligned with `route.backends`).
+pub fn judge_counts(
+    route: &Route,
+    plan: &RolloutSpec,
+    counts: &[Counts],
+    elapsed: Duration,
+) -> Judgement {
+    let a = window::judge(route, &plan.baseline, counts, elapsed);
     let Some(j) = a.comparisons.iter().find(|j| j.backend == plan.canary) else {
         return Judgement {
             verdict: Verdict::Inconclusive,

@@ -344,6 +344,7 @@ mod tests {
             min_requests: 500,
             on_failure,
             notify: None,
+            start: None,
         }
     }
 

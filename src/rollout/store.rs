@@ -112,6 +112,7 @@ mod tests {
             min_requests: 1,
             on_failure: OnFailure::Rollback,
             notify: None,
+            start: None,
         };
         Rollout::start(&plan, &[("blue".into(), 100), ("green".into(), 0)], 12.5)
     }

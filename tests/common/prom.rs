@@ -171,6 +171,17 @@ impl PromServer {
     /// free loopback port (one retry if that port was taken meanwhile), and
     /// waits until it is ready.
     pub async fn start(target: SocketAddr) -> PromServer {
+        Self::start_many(&[target]).await
+    }
+
+    /// Like [`PromServer::start`], scraping every one of `targets` (one job,
+    /// one `instance` label each).
+    pub async fn start_many(targets: &[SocketAddr]) -> PromServer {
+        let target = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let bin = find_tool("prometheus").unwrap_or_else(|| {
             panic!(
                 "prometheus not found on PATH or in /usr/bin: install Debian's `prometheus` package \
@@ -186,7 +197,7 @@ impl PromServer {
                 format!(
                     "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                      scrape_configs:\n  - job_name: cutover\n    metrics_path: /metrics\n    \
-                     static_configs:\n      - targets: ['{target}']\n"
+                     static_configs:\n      - targets: [{target}]\n"
                 ),
             )
             .unwrap();
