@@ -16,6 +16,8 @@
 #   H2_STREAMS  h2load concurrent streams per connection (1, so h2c keeps
 #               the same number of requests in flight as wrk)
 #   IDLE_CONNS  idle keep-alive connections for SCENARIO=idle (10000)
+#   IDLE_PROTOS protocols of SCENARIO=idle ("h1 h2c")
+#   IDLE_PEERS=0  SCENARIO=idle measures cutover alone (1: also nginx, HAProxy)
 #   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 1000 10000")
 #   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
@@ -80,6 +82,8 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 H2_STREAMS=${H2_STREAMS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_PROTOS=${IDLE_PROTOS:-h1 h2c}
+IDLE_PEERS=${IDLE_PEERS:-1}
 ROUTE_COUNTS=${ROUTE_COUNTS:-1 1000 10000}
 KEEP_TMP=${KEEP_TMP:-0}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
@@ -757,10 +761,11 @@ scenario_idle() {
   HAPROXY_TIMEOUT=600s
   NGINX_KEEPALIVE=600s
   : >"$TMP/idle.tsv"
-  for proto in h1 h2c; do
+  for proto in $IDLE_PROTOS; do
     start_cutover "cutover-$proto" $'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }\n[timeouts]\nidle = "600s"\nheader_read = "600s"'
     idle_round cutover "$proto" "$CUTOVER_PORT" "$CUTOVER_PID"
     kill "$CUTOVER_PID"
+    [[ $IDLE_PEERS == 1 ]] || continue
     start_nginx_proxy
     idle_round nginx "$proto" "$([[ $proto == h1 ]] && echo "$NGINX_PORT" || echo "$NGINX_H2_PORT")" "$NGINX_PID"
     kill "$NGINX_PID"
