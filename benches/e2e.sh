@@ -727,7 +727,9 @@ idle_round() {
     sleep 0.1
   done
   [[ -s $ready ]] || die "$name $proto: the idle client did not open its connections in 120 s"
-  sleep 1
+  # Idle for 3 s: cutover gives up an idle HTTP/1 connection's hyper state
+  # within two ticks of its deadline watch (1.25 s each here).
+  sleep 3
   during=$(rss_tree_kb "$pid")
   read -r ok held secs <"$ready" || true
   rm -f "$ready" # the client closes its connections and exits

@@ -84,6 +84,9 @@ pub struct Activity {
     /// Ending a round: the IO ignores hyper's shutdown, so the socket stays
     /// open for the next round.
     keep_open: AtomicBool,
+    /// No bytes moved and nothing was in progress during the watch's last
+    /// tick.
+    quiet: AtomicBool,
 }
 
 /// Why [`Activity::watch`] gave up on a connection.
@@ -117,6 +120,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             last_of_round: AtomicU64::new(0),
             keep_open: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
         }
     }
 
@@ -130,8 +134,14 @@ impl Activity {
     }
 
     /// The number of the latest request, if its response has begun and may
-    /// end the round (see [`Busy::may_end_round`]); clears that mark.
+    /// end the round (see [`Busy::may_end_round`]) and the connection was
+    /// quiet for a whole tick of the watch since; clears that mark. A busy
+    /// connection thus keeps its hyper connection from request to request,
+    /// and one that went idle gives it up within two ticks.
     pub fn take_end_of_round(&self) -> Option<u64> {
+        if !self.quiet.load(Ordering::Relaxed) {
+            return None;
+        }
         let n = self.last_of_round.swap(0, Ordering::Relaxed);
         (n != 0 && n == self.requests.load(Ordering::Relaxed)).then_some(n)
     }
@@ -210,6 +220,7 @@ impl Activity {
                 continue;
             }
             let events = self.io_events.load(Ordering::Relaxed);
+            self.quiet.store(events == seen && !busy, Ordering::Relaxed);
             if events != seen || busy {
                 (seen, moved) = (events, now);
             } else if now.saturating_sub(moved) >= idle {

@@ -335,13 +335,14 @@ enum Serving<A, H> {
 ///
 /// A plain HTTP/1 connection is served in rounds: it waits until the socket
 /// is readable holding only the socket (nothing of hyper's), then a hyper
-/// connection serves requests until the response of one without a body
-/// that keeps the connection alive has been sent; keep-alive is then
-/// disabled after that response's head went out (so no `Connection: close`
-/// is sent), hyper finishes the response and stops without shutting the
-/// socket, and its unparsed bytes (pipelined requests) are put back in
-/// front of the socket for the next round. An idle keep-alive connection
-/// thus holds a few hundred bytes instead of hyper's two 8 KiB buffers.
+/// connection serves requests until the connection goes quiet after the
+/// response to a request without a body that keeps the connection alive;
+/// keep-alive is then disabled (after that response's head went out, so
+/// no `Connection: close` is sent), hyper finishes and stops without
+/// shutting the socket, and its unparsed bytes are put back in front of
+/// the socket for the next round. An idle keep-alive connection thus holds
+/// a few hundred bytes instead of hyper's two 8 KiB buffers, and a busy
+/// one pays nothing per request.
 pub async fn serve<I: ClientStream>(
     worker: Arc<Worker>,
     builders: Arc<Builders>,
@@ -481,7 +482,11 @@ pub async fn serve<I: ClientStream>(
 
 /// Polls a round; once the response that ends an HTTP/1 round has begun
 /// (its head is written: keep-alive can be disabled without hyper adding
-/// `Connection: close`), asks hyper to stop after it, keeping the socket.
+/// `Connection: close`) and the connection went quiet (no request since,
+/// no bytes for a tick of the watch, which wakes this task), asks hyper to
+/// stop after it, keeping the socket. hyper is then idle or finishing that
+/// response: it stops without parsing another head, and returns what it
+/// read of one.
 fn poll_round<A, H>(
     serving: &mut Serving<A, H>,
     activity: &Activity,
