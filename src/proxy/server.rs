@@ -551,11 +551,12 @@ fn response_keeps_alive<B>(resp: &Response<B>) -> bool {
     resp.status() != StatusCode::SWITCHING_PROTOCOLS && !says_close(resp.headers())
 }
 
-/// `Connection` lists `close` (or anything not understood: erring on the
-/// side of a normal keep-alive).
+/// `Connection` mentions `close` in any case, even inside another token
+/// (erring on the side of a normal keep-alive); no allocation.
 fn says_close(h: &http::HeaderMap) -> bool {
     h.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map_or(true, |v| v.to_ascii_lowercase().contains("close"))
+        v.as_bytes()
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b"close"))
     })
 }
