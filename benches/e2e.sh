@@ -16,6 +16,8 @@
 #   H2_STREAMS  h2load concurrent streams per connection (1, so h2c keeps
 #               the same number of requests in flight as wrk)
 #   IDLE_CONNS  idle keep-alive connections for SCENARIO=idle (10000)
+#   IDLE_PROTOS protocols of SCENARIO=idle ("h1 h2c")
+#   IDLE_PEERS=0  SCENARIO=idle measures cutover alone (1: also nginx, HAProxy)
 #   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 1000 10000")
 #   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
@@ -55,8 +57,10 @@
 #           of the route in the middle of the table
 #   reload  cutover while its config is rewritten 10x/s (temp file + mv,
 #           90/10 <-> 10/90) vs. no rewrites; drop and errors
-#   idle    cutover RSS before / with / after IDLE_CONNS idle keep-alive
-#           connections (raises ulimit -n), and per connection
+#   idle    RSS of cutover, nginx and haproxy before / with / after
+#           IDLE_CONNS idle keep-alive connections (one GET each, then
+#           silent; HTTP/1.1 and h2c; client benches/idle_client.py; raises
+#           ulimit -n), and per connection
 #   instructions  instructions per request of each proxy under callgrind
 #           (1 worker each; needs valgrind): deterministic, for before/after
 #
@@ -82,6 +86,8 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 H2_STREAMS=${H2_STREAMS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_PROTOS=${IDLE_PROTOS:-h1 h2c}
+IDLE_PEERS=${IDLE_PEERS:-1}
 ROUTE_COUNTS=${ROUTE_COUNTS:-1 1000 10000}
 KEEP_TMP=${KEEP_TMP:-0}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
@@ -98,6 +104,10 @@ PROXY_WORKERS=2              # workers / threads of each proxy (instructions: 1)
 NGINX_EXTRA=""               # more nginx main-context directives
 LAUNCH=()                    # a command the proxies run under (instructions: valgrind)
 PEAK_NOTE="VmHWM reset before each run"
+HAPROXY_MAXCONN=4096         # the proxies' connection limits and client
+NGINX_CONNS=16384            # timeouts (raised by SCENARIO=idle)
+HAPROXY_TIMEOUT=120s
+NGINX_KEEPALIVE=120s
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
@@ -239,12 +249,12 @@ $NGINX_EXTRA
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 16384; }
+worker_rlimit_nofile $NGINX_CONNS;
+events { worker_connections $NGINX_CONNS; }
 http {
   access_log off;
   keepalive_requests 100000000;
-  keepalive_timeout 120s;
+  keepalive_timeout $NGINX_KEEPALIVE;
   client_body_temp_path $dir/temp/body;
   proxy_temp_path $dir/temp/proxy;
   upstream backend {
@@ -278,15 +288,15 @@ start_haproxy() {
   cat >"$dir/haproxy.cfg" <<EOF
 global
   nbthread $PROXY_WORKERS
-  maxconn 4096
+  maxconn $HAPROXY_MAXCONN
 defaults
   mode http
   option http-keep-alive
   http-reuse always
   timeout connect 5s
-  timeout client 120s
-  timeout server 120s
-  timeout http-keep-alive 120s
+  timeout client $HAPROXY_TIMEOUT
+  timeout server $HAPROXY_TIMEOUT
+  timeout http-keep-alive $HAPROXY_TIMEOUT
 frontend fe
   bind 127.0.0.1:$HAPROXY_PORT
   bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
@@ -699,90 +709,95 @@ scenario_reload() {
     echo "  (admin /metrics unreachable or no reload metric)"
 }
 
-# Idle keep-alive connections: cutover's RSS before, with IDLE_CONNS open
-# connections (one request each, then idle), and after they close.
+# rss_tree_kb PID: VmRSS (kB) summed over PID and its direct children.
+rss_tree_kb() {
+  local pids
+  pids=$(proc_tree "$1" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  sum_proc status '/^VmRSS:/ {print $2}' $pids
+}
+
+# idle_round NAME PROTO PORT PID: RSS of PID's process tree before, with
+# IDLE_CONNS idle keep-alive connections (one GET each, then silent), and
+# 2 s after the client closed them; appends a row to $TMP/idle.tsv.
+idle_round() {
+  local name=$1 proto=$2 port=$3 pid=$4 ready="$TMP/idle.$1.$2.ready" client i
+  local before during after ok held secs
+  sleep 1
+  before=$(rss_tree_kb "$pid")
+  start_bg "$TMP/idle.$name.$proto.log" python3 "$ROOT/benches/idle_client.py" \
+    127.0.0.1 "$port" "$IDLE_CONNS" "$proto" "$ready"
+  client=$LAST_PID
+  for ((i = 0; i < 1200; i++)); do
+    [[ -s $ready ]] && break
+    kill -0 "$client" 2>/dev/null || { cat "$TMP/idle.$name.$proto.log" >&2; die "idle client died"; }
+    sleep 0.1
+  done
+  [[ -s $ready ]] || die "$name $proto: the idle client did not open its connections in 120 s"
+  # Idle for 3 s: cutover gives up an idle HTTP/1 connection's hyper state
+  # within two ticks of its deadline watch (1.25 s each here).
+  sleep 3
+  during=$(rss_tree_kb "$pid")
+  read -r ok held secs <"$ready" || true
+  rm -f "$ready" # the client closes its connections and exits
+  wait "$client" 2>/dev/null || true
+  sleep 2
+  after=$(rss_tree_kb "$pid")
+  log "$name $proto: $ok/$IDLE_CONNS answered, $held held ($secs s); RSS $before -> $during -> $after kB"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$proto" "$ok" "$held" "$before" "$during" "$after" >>"$TMP/idle.tsv"
+}
+
+# Idle keep-alive connections: the RSS each proxy's processes gain per
+# idle connection (HTTP/1.1 and h2c), and what they give back when the
+# connections close. Each proxy is started fresh for each protocol.
 scenario_idle() {
-  local want=$((IDLE_CONNS + 1024))
+  local want=$((IDLE_CONNS + 1024)) proto
   if (($(ulimit -n) < want)); then
     ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   fi
-  (($(ulimit -n) >= want)) || log "warning: ulimit -n is $(ulimit -n), below $want"
-  # Timeouts longer than the scenario, so every connection stays open.
-  start_cutover cutover $'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }\n[timeouts]\nidle = "600s"\nheader_read = "600s"'
-  curl -fsS -o /dev/null "http://127.0.0.1:$CUTOVER_PORT/"
-  sleep 1
-  local before during after peak ready="$TMP/idle.ready" client open
-  before=$(rss_kb "$CUTOVER_PID")
-  cat >"$TMP/idle.py" <<'PY'
-# Open N keep-alive connections, send one GET each, read the reply, hold.
-import asyncio, sys, time
-
-host, port, n, ready = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-
-async def one(conns):
-    try:
-        r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
-        w.write(REQ)
-        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await asyncio.wait_for(r.readexactly(length), 10)
-        conns.append(w)
-        return head.startswith(b"HTTP/1.1 2")
-    except Exception:
-        return False
-
-async def main():
-    conns, ok, t0 = [], 0, time.monotonic()
-    for start in range(0, n, 500):  # batches: stay under the accept backlog
-        ok += sum(await asyncio.gather(*(one(conns) for _ in range(start, min(n, start + 500)))))
-    with open(ready, "w") as f:
-        f.write(f"{ok} {len(conns)} {time.monotonic() - t0:.1f}\n")
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-PY
-  start_bg "$TMP/idle.log" python3 "$TMP/idle.py" 127.0.0.1 "$CUTOVER_PORT" "$IDLE_CONNS" "$ready"
-  client=$LAST_PID
-  local i
-  for ((i = 0; i < 1200; i++)); do
-    [[ -s $ready ]] && break
-    kill -0 "$client" 2>/dev/null || { cat "$TMP/idle.log" >&2; die "idle client died"; }
-    sleep 0.1
+  # A proxy holds two descriptors per connection at most (cutover serves
+  # (limit - 256) / 2 of them): beyond what the limit holds, fewer connections.
+  local fits=$((($(ulimit -n) - 256) / 2 - 64))
+  if ((IDLE_CONNS > fits)); then
+    log "ulimit -n is $(ulimit -n) (hard $(ulimit -Hn)): $fits idle connections, not $IDLE_CONNS"
+    IDLE_CONNS=$fits
+    want=$((IDLE_CONNS + 1024))
+  fi
+  # Every connection stays open for the whole scenario: timeouts of 600 s,
+  # and connection limits above IDLE_CONNS.
+  HAPROXY_MAXCONN=$((IDLE_CONNS + 64))
+  NGINX_CONNS=$want
+  HAPROXY_TIMEOUT=600s
+  NGINX_KEEPALIVE=600s
+  : >"$TMP/idle.tsv"
+  for proto in $IDLE_PROTOS; do
+    start_cutover "cutover-$proto" $'[[routes]]\nname = "app"\nweights = { blue = 90, green = 10 }\n[timeouts]\nidle = "600s"\nheader_read = "600s"'
+    idle_round cutover "$proto" "$CUTOVER_PORT" "$CUTOVER_PID"
+    kill "$CUTOVER_PID"
+    [[ $IDLE_PEERS == 1 ]] || continue
+    start_nginx_proxy
+    idle_round nginx "$proto" "$([[ $proto == h1 ]] && echo "$NGINX_PORT" || echo "$NGINX_H2_PORT")" "$NGINX_PID"
+    kill "$NGINX_PID"
+    start_haproxy
+    idle_round haproxy "$proto" "$([[ $proto == h1 ]] && echo "$HAPROXY_PORT" || echo "$HAPROXY_H2_PORT")" "$HAPROXY_PID"
+    kill "$HAPROXY_PID"
   done
-  [[ -s $ready ]] || die "idle client did not finish opening connections in 120 s"
-  sleep 1
-  during=$(rss_kb "$CUTOVER_PID")
-  peak=$(peak_rss_kb "$CUTOVER_PID")
-  open=$(find "/proc/$CUTOVER_PID/fd" -lname 'socket:*' 2>/dev/null | wc -l)
-  kill "$client" 2>/dev/null || true
-  wait "$client" 2>/dev/null || true
-  sleep 2
-  after=$(rss_kb "$CUTOVER_PID")
-  local ok held secs
-  read -r ok held secs <"$ready" || true
   echo
-  echo "scenario idle: $IDLE_CONNS keep-alive connections to cutover, one GET each, then idle"
-  printf '%-40s %s\n' \
-    "requests answered 2xx" "$ok / $IDLE_CONNS" \
-    "connections held open by the client" "$held (opened in $secs s)" \
-    "sockets open in cutover (/proc/PID/fd)" "$open" \
-    "cutover RSS before" "$((before / 1024)) MiB ($before kB)" \
-    "cutover RSS with idle connections" "$((during / 1024)) MiB ($during kB)" \
-    "cutover peak RSS (VmHWM)" "$((peak / 1024)) MiB ($peak kB)" \
-    "cutover RSS after they closed (2 s)" "$((after / 1024)) MiB ($after kB)"
-  if ((held > 0)); then
-    printf '%-40s %s\n' "RSS per idle connection" \
-      "$(awk -v d="$((during - before))" -v n="$held" 'BEGIN { printf "%.2f KiB", d / n }')"
-  fi
-  if ((open < held)); then
-    echo "note: cutover holds fewer sockets than the client: it closed idle keep-alive"
-    echo "      connections while they were being opened (see its [timeouts])."
-  fi
-  return 0
+  echo "scenario idle: $IDLE_CONNS keep-alive connections per proxy and protocol, one GET / each, then idle"
+  python3 - "$TMP/idle.tsv" <<'PY'
+import sys
+print(f"{'target':<8} {'proto':<5} {'2xx':>7} {'held':>7} {'RSS before':>11} {'with idle':>10} {'after close':>11} {'per conn':>9}")
+for line in open(sys.argv[1]):
+    name, proto, ok, held, before, during, after = line.split()
+    ok, held, before, during, after = map(int, (ok, held, before, during, after))
+    per = f"{(during - before) / held:.2f} KiB" if held else "n/a"
+    mib = lambda kb: f"{kb / 1024:.1f} MiB"
+    print(f"{name:<8} {proto:<5} {ok:>7} {held:>7} {mib(before):>11} {mib(during):>10} {mib(after):>11} {per:>9}")
+print()
+print("RSS = sum of VmRSS over the proxy's processes (nginx: master + 2 workers; haproxy: 1 process,")
+print("2 threads; cutover: 1 process, 2 workers); per conn = (with idle - before) / held;")
+print("after close = 2 s after the client closed every connection (memory given back?).")
+PY
 }
 
 # Large bodies: 1 MiB from the backend through each proxy, MiB/s.

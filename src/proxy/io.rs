@@ -13,6 +13,11 @@
 //!   that the client does not finish within `timeouts.graceful_close` is
 //!   closed hard.
 //!
+//! It also carries what `server::serve` needs to serve a plain HTTP/1
+//! connection in rounds: request numbers, the request whose response may end
+//! a round, a write side kept open when hyper ends one, and bytes put back
+//! in front of the stream.
+//!
 //! hyper has a header-read timer of its own, but it arms it while waiting
 //! for the next request too (so idle keep-alive connections closed after
 //! `header_read`) and boxes a new timer per request; this one is a few
@@ -71,6 +76,17 @@ pub struct Activity {
     epoch: AtomicU32,
     /// Response bodies in flight, by the epoch they last moved in.
     streaming: [AtomicU32; EPOCHS],
+    /// Requests begun on this connection (numbered from 1).
+    requests: AtomicU64,
+    /// The number of the request whose response may end the current
+    /// HTTP/1 round (see `server::serve`); 0 for none.
+    last_of_round: AtomicU64,
+    /// Ending a round: the IO ignores hyper's shutdown, so the socket stays
+    /// open for the next round.
+    keep_open: AtomicBool,
+    /// No bytes moved and nothing was in progress during the watch's last
+    /// tick.
+    quiet: AtomicBool,
 }
 
 /// Why [`Activity::watch`] gave up on a connection.
@@ -101,6 +117,10 @@ impl Activity {
             closing: AtomicBool::new(false),
             epoch: AtomicU32::new(0),
             streaming: Default::default(),
+            requests: AtomicU64::new(0),
+            last_of_round: AtomicU64::new(0),
+            keep_open: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
         }
     }
 
@@ -109,7 +129,31 @@ impl Activity {
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
-        Busy(self.clone())
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        Busy(self.clone(), n)
+    }
+
+    /// The number of the latest request, if its response has begun and may
+    /// end the round (see [`Busy::may_end_round`]) and the connection was
+    /// quiet for a whole tick of the watch since; clears that mark. A busy
+    /// connection thus keeps its hyper connection from request to request,
+    /// and one that went idle gives it up within two ticks.
+    pub fn take_end_of_round(&self) -> Option<u64> {
+        if !self.quiet.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = self.last_of_round.swap(0, Ordering::Relaxed);
+        (n != 0 && n == self.requests.load(Ordering::Relaxed)).then_some(n)
+    }
+
+    /// Requests begun on this connection.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// While set, the IO does not shut down its write side when hyper asks.
+    pub fn keep_open(&self, on: bool) {
+        self.keep_open.store(on, Ordering::Relaxed);
     }
 
     /// The connection is being closed gracefully: from now on, with nothing
@@ -176,6 +220,7 @@ impl Activity {
                 continue;
             }
             let events = self.io_events.load(Ordering::Relaxed);
+            self.quiet.store(events == seen && !busy, Ordering::Relaxed);
             if events != seen || busy {
                 (seen, moved) = (events, now);
             } else if now.saturating_sub(moved) >= idle {
@@ -235,9 +280,18 @@ impl Activity {
     }
 }
 
-/// A request in progress on a connection.
+/// A request in progress on a connection, and its number.
 #[derive(Debug)]
-pub struct Busy(Arc<Activity>);
+pub struct Busy(Arc<Activity>, u64);
+
+impl Busy {
+    /// This request had no body and its response head keeps the connection
+    /// alive: once the response is sent, the HTTP/1 connection can be taken
+    /// apart and wait for the next request holding no buffers.
+    pub fn may_end_round(&self) {
+        self.0.last_of_round.store(self.1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -301,6 +355,9 @@ pub struct ActivityIo<T> {
     /// once the protocol is decided (the whole preface, or a byte that
     /// differs): a client trickling `P`, `O`, ... is HTTP/1.
     preface: Option<u8>,
+    /// Bytes read by a previous HTTP/1 round but not parsed (pipelined):
+    /// read again before the stream.
+    unread: Bytes,
 }
 
 impl<T> ActivityIo<T> {
@@ -309,8 +366,31 @@ impl<T> ActivityIo<T> {
             inner,
             activity,
             preface: Some(0),
+            unread: Bytes::new(),
         }
     }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Puts bytes back in front of the stream. They are copied: `bytes` is
+    /// usually a view of hyper's whole 8 KiB read buffer, which an idle
+    /// connection should not keep.
+    pub fn unread(&mut self, bytes: Bytes) {
+        self.unread = Bytes::copy_from_slice(&bytes);
+    }
+
+    /// Whether bytes put back with [`ActivityIo::unread`] remain.
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+}
+
+/// Whether a connection's first bytes (at least one) are HTTP/1: they
+/// differ from the HTTP/2 preface. `false` while they could still be it.
+pub fn speaks_http1(first: &[u8]) -> bool {
+    !first.is_empty() && sniff(0, first) == (None, false)
 }
 
 /// The next state of the preface match after `new` bytes: `Some(n)` still
@@ -334,6 +414,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            this.activity.read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if res.is_ready() {
@@ -390,7 +476,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.activity.keep_open.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

@@ -5,21 +5,30 @@
 //! metrics and the connection limit.
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
+use http::{Method, Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
-use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked};
+use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked, speaks_http1};
 use super::listener::Listeners;
 use crate::config::{Limits, Timeouts};
 use crate::metrics::Metrics;
@@ -196,7 +205,7 @@ async fn accept_loop(
         }
     };
     let shared = worker.shared.clone();
-    let builder = http_builder(&shared.limits);
+    let builders = Arc::new(http_builders(&shared.limits));
     loop {
         // Take a connection slot first: past max_connections, new
         // connections wait in the kernel's accept queue.
@@ -219,14 +228,14 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (worker, builder, shutdown) = (worker.clone(), builder.clone(), shutdown.clone());
+        let (worker, builders, shutdown) = (worker.clone(), builders.clone(), shutdown.clone());
         // Plain and TLS connections are separate task types: a plain
         // connection's task is not sized for a TLS session it never has.
         match &tls {
             None => {
                 let slot = ConnSlot::new(permit, &worker.shared.metrics.connections_open);
                 let conn = Arc::new(ConnInfo::new(peer, false, slot));
-                tracker.spawn(serve(worker, builder, stream, conn, shutdown));
+                tracker.spawn(serve(worker, builders, stream, conn, shutdown));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -237,7 +246,7 @@ async fn accept_loop(
                             let open = &worker.shared.metrics.connections_open;
                             let conn =
                                 Arc::new(ConnInfo::new(peer, true, ConnSlot::new(permit, open)));
-                            serve(worker, builder, tls, conn, shutdown).await;
+                            serve(worker, builders, tls, conn, shutdown).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
@@ -254,10 +263,17 @@ async fn accept_loop(
 /// lets through: 64 KiB, the protocol's initial window (RFC 9113 §6.9.2).
 const MAX_SEND_BUF: usize = 64 * 1024;
 
-/// hyper's server settings, every limit explicit.
-fn http_builder(l: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+/// hyper's server settings, every limit explicit: `auto` detects HTTP/2
+/// (TLS, and plain connections that may send its preface); `h1` serves the
+/// HTTP/1 rounds of plain connections.
+pub struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+}
+
+fn http_builders(l: &Limits) -> Builders {
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
         .timer(TokioTimer::new())
         // `timeouts.header_read` is enforced by `io::Activity::watch`.
         .header_read_timeout(None)
@@ -265,7 +281,7 @@ fn http_builder(l: &Limits) -> auto::Builder<TokioExecutor> {
         .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
-    b.http2()
+    auto.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)
         // What a stream may buffer for a client that does not read (hyper's
@@ -275,19 +291,68 @@ fn http_builder(l: &Limits) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024)
         .keep_alive_interval(None);
-    b
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        // `max_buf_size` alone lets a head through that arrived in one
+        // read larger than it (a round starts once the socket is readable,
+        // when much of a big head may be there): this one counts the head.
+        .max_header_size(l.max_header_bytes)
+        .max_buf_size(l.max_header_bytes)
+        .max_headers(l.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    Builders { auto, h1 }
+}
+
+/// A client stream: plain TCP, or TLS over it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket to wait on between HTTP/1 requests; `None` for TLS, whose
+    /// session may hold decrypted bytes the socket no longer shows.
+    fn between_requests(&self) -> Option<&TcpStream>;
+}
+
+impl ClientStream for TcpStream {
+    fn between_requests(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    fn between_requests(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// The hyper connection serving a client connection, boxed: a connection
+/// waiting for its next request holds neither it nor its buffers.
+enum Serving<A, H> {
+    /// HTTP/2, TLS, or a plain connection still undecided: for good.
+    Auto(Pin<Box<A>>),
+    /// One round of HTTP/1 on a plain connection: until a response that
+    /// keeps the connection alive has been sent, then taken apart.
+    H1(Box<H>),
 }
 
 /// Serves one client connection until it closes, idles out, or drains.
-pub async fn serve<I>(
+///
+/// A plain HTTP/1 connection is served in rounds: it waits until the socket
+/// is readable holding only the socket (nothing of hyper's), then a hyper
+/// connection serves requests until the connection goes quiet after the
+/// response to a request without a body that keeps the connection alive;
+/// keep-alive is then disabled (after that response's head went out, so
+/// no `Connection: close` is sent), hyper finishes and stops without
+/// shutting the socket, and its unparsed bytes are put back in front of
+/// the socket for the next round. An idle keep-alive connection thus holds
+/// a few hundred bytes instead of hyper's two 8 KiB buffers, and a busy
+/// one pays nothing per request.
+pub async fn serve<I: ClientStream>(
     worker: Arc<Worker>,
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<Builders>,
     io: I,
     conn: Arc<ConnInfo>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let t = &worker.shared.timeouts;
     let deadlines = Deadlines {
         idle: t.idle,
@@ -296,59 +361,205 @@ pub async fn serve<I>(
         graceful_close: t.graceful_close,
     };
     let activity = Arc::new(Activity::accepted());
-    let io = TokioIo::new(ActivityIo::new(io, activity.clone()));
+    let mut io = TokioIo::new(ActivityIo::new(io, activity.clone()));
     let handler_activity = activity.clone();
     let conn_peer = conn.peer;
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let worker = worker.clone();
         let conn = conn.clone();
         let busy = handler_activity.busy();
+        let ends_round = keeps_alive(&req);
         async move {
             let resp = handler::handle(&worker, &conn, req).await;
+            if ends_round && response_keeps_alive(&resp) {
+                busy.may_end_round();
+            }
             Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
     let watch = activity.watch(deadlines);
     tokio::pin!(watch);
-    // Starts a graceful close once; the watch then bounds it.
-    macro_rules! close {
-        () => {
-            if !activity.closing() {
-                activity.start_closing();
-                connection.as_mut().graceful_shutdown();
-                watch.set(activity.watch(deadlines));
-            }
-        };
-    }
-    if *shutdown.borrow() {
-        close!();
-    }
+    let mut first = true;
     loop {
-        tokio::select! {
-            res = connection.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+        // Between requests: wait for bytes holding only the socket. The
+        // first bytes tell HTTP/1 from HTTP/2's preface.
+        let mut http1 = false;
+        if let Some(tcp) = io.inner().get_ref().between_requests() {
+            if !io.inner().has_unread() {
+                if *shutdown.borrow() {
+                    return;
                 }
-                break;
+                let mut head = [0u8; 24];
+                let arrived = async {
+                    if first {
+                        tcp.peek(&mut head).await
+                    } else {
+                        tcp.readable().await.map(|()| 1)
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = arrived => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => http1 = !first || speaks_http1(&head[..n]),
+                    },
+                    _ = shutdown.changed() => return,
+                    expired = &mut watch => {
+                        if expired == Expired::Head {
+                            tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+                        }
+                        return;
+                    }
+                }
+            } else {
+                http1 = true;
             }
-            _ = shutdown.changed(), if !activity.closing() => close!(),
-            expired = &mut watch => match expired {
-                Expired::Idle => close!(),
-                Expired::Head => {
-                    tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+        }
+        first = false;
+        let mut serving = if http1 {
+            let c = builders.h1.serve_connection(io, service.clone());
+            Serving::H1(Box::new(c.with_upgrades()))
+        } else {
+            let c = builders
+                .auto
+                .serve_connection_with_upgrades(io, service.clone());
+            Serving::Auto(Box::pin(c))
+        };
+        // Starts a graceful close once; the watch then bounds it.
+        macro_rules! close {
+            () => {
+                if !activity.closing() {
+                    activity.start_closing();
+                    match &mut serving {
+                        Serving::Auto(c) => c.as_mut().graceful_shutdown(),
+                        Serving::H1(c) => Pin::new(&mut **c).graceful_shutdown(),
+                    }
+                    watch.set(activity.watch(deadlines));
+                }
+            };
+        }
+        if *shutdown.borrow() {
+            close!();
+        }
+        // The request whose response ends this round, once chosen.
+        let mut last = None;
+        loop {
+            tokio::select! {
+                res = poll_fn(|cx| poll_round(&mut serving, &activity, &mut last, cx)) => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                        return;
+                    }
                     break;
                 }
-                Expired::Stalled => {
-                    tracing::debug!(peer = %conn_peer, timeout = ?deadlines.body_idle, "a body made no progress; closing");
-                    break;
-                }
-                Expired::Grace => {
-                    tracing::debug!(peer = %conn_peer, timeout = ?deadlines.graceful_close, "graceful close not finished; closing");
-                    break;
-                }
-            },
+                _ = shutdown.changed(), if !activity.closing() => close!(),
+                expired = &mut watch => match expired {
+                    Expired::Idle => close!(),
+                    Expired::Head => {
+                        tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+                        return;
+                    }
+                    Expired::Stalled => {
+                        tracing::debug!(peer = %conn_peer, timeout = ?deadlines.body_idle, "a body made no progress; closing");
+                        return;
+                    }
+                    Expired::Grace => {
+                        tracing::debug!(peer = %conn_peer, timeout = ?deadlines.graceful_close, "graceful close not finished; closing");
+                        return;
+                    }
+                },
+            }
+        }
+        // Another round only after the response that was to end this one,
+        // and no request after it: hyper stopped because we asked it to.
+        activity.keep_open(false);
+        let Serving::H1(c) = serving else { return };
+        if activity.closing() || last.is_none() || last != Some(activity.requests()) {
+            return;
+        }
+        let Some(parts) = c.into_parts() else { return };
+        io = parts.io;
+        io.inner_mut().unread(parts.read_buf);
+    }
+}
+
+/// Polls a round; once the response that ends an HTTP/1 round has begun
+/// (its head is written: keep-alive can be disabled without hyper adding
+/// `Connection: close`) and the connection went quiet (no request since,
+/// no bytes for a tick of the watch, which wakes this task), asks hyper to
+/// stop after it, keeping the socket. hyper is then idle or finishing that
+/// response: it stops without parsing another head, and returns what it
+/// read of one.
+fn poll_round<A, H>(
+    serving: &mut Serving<A, H>,
+    activity: &Activity,
+    last: &mut Option<u64>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Box<dyn std::error::Error + Send + Sync>>>
+where
+    A: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    H: Future<Output = hyper::Result<()>> + GracefulH1 + Unpin,
+{
+    match serving {
+        Serving::Auto(c) => c.as_mut().poll(cx),
+        Serving::H1(c) => {
+            if let Poll::Ready(r) = Pin::new(&mut **c).poll(cx) {
+                return Poll::Ready(r.map_err(Into::into));
+            }
+            if last.is_some() || activity.closing() {
+                return Poll::Pending;
+            }
+            let Some(n) = activity.take_end_of_round() else {
+                return Poll::Pending;
+            };
+            *last = Some(n);
+            activity.keep_open(true);
+            Pin::new(&mut **c).graceful_shutdown();
+            Pin::new(&mut **c).poll(cx).map_err(Into::into)
         }
     }
+}
+
+/// `graceful_shutdown` of hyper's HTTP/1 connection, for [`poll_round`].
+trait GracefulH1 {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulH1 for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// A request after which the connection stays open and in HTTP/1 (RFC 9112
+/// §9.3): version 1.1, no body (so nothing of it is left to read), no
+/// `Connection: close`, no upgrade.
+fn keeps_alive(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.body().is_end_stream()
+        && req.method() != Method::CONNECT
+        && !req.headers().contains_key(header::UPGRADE)
+        && !says_close(req.headers())
+}
+
+/// A response after which hyper keeps the connection open.
+fn response_keeps_alive<B>(resp: &Response<B>) -> bool {
+    resp.status() != StatusCode::SWITCHING_PROTOCOLS && !says_close(resp.headers())
+}
+
+/// `Connection` mentions `close` in any case, even inside another token
+/// (erring on the side of a normal keep-alive); no allocation.
+fn says_close(h: &http::HeaderMap) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b"close"))
+    })
 }
