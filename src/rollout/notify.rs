@@ -415,6 +415,7 @@ mod tests {
             hold: Duration::from_secs(60),
             min_requests: 500,
             on_failure: OnFailure::Rollback,
+            start: None,
             notify: Some(NotifySpec {
                 webhook: "http://127.0.0.1:1/hook".parse().unwrap(),
             }),
