@@ -1,0 +1,398 @@
+//! HTTP/2 to backends (`protocol = "h2c" | "h2"`) and gRPC end to end: a
+//! real tonic client through the real `cutover` binary to real tonic
+//! servers (`grpc/echo.rs`).
+
+mod common;
+#[path = "grpc/echo.rs"]
+mod echo;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use echo::{Msg, Server};
+use futures_util::StreamExt;
+use tonic::Code;
+
+use common::{Proxy, eventually};
+
+/// A proxy in front of h2c servers `blue` and `green` with these weights.
+fn config(blue: &Server, green: &Server, weights: (u32, u32), extra: &str) -> String {
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [backends.blue]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\n\
+         [backends.green]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\n\
+         [[routes]]\nname = \"grpc\"\nweights = {{ blue = {}, green = {} }}\n{extra}",
+        blue.addr, green.addr, weights.0, weights.1
+    )
+}
+
+async fn setup(weights: (u32, u32), extra: &str) -> (Server, Server, Proxy) {
+    let blue = Server::start("blue").await;
+    let green = Server::start("green").await;
+    let p = Proxy::start(&config(&blue, &green, weights, extra)).await;
+    (blue, green, p)
+}
+
+fn msg(data: &[u8]) -> Msg {
+    Msg {
+        data: data.to_vec(),
+        ..Msg::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_call_kinds_through_h2c() {
+    let (blue, _green, p) = setup((100, 0), "").await;
+    let mut c = echo::client(p.http).await;
+
+    let r = c.unary(msg(b"hello")).await.expect("unary");
+    assert_eq!(r.metadata().get("x-backend").unwrap(), "blue");
+    assert_eq!(r.get_ref().text, "blue");
+    assert_eq!(r.get_ref().data, b"hello");
+
+    let mut s = c
+        .server_stream(Msg {
+            count: 5,
+            data: b"x".to_vec(),
+            ..Msg::default()
+        })
+        .await
+        .expect("server stream")
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = s.message().await.expect("stream message") {
+        assert_eq!(m.count, n);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+
+    let up = futures_util::stream::iter((0..7).map(|_| msg(&[1; 1000])));
+    let r = c.client_stream(up).await.expect("client stream");
+    assert_eq!((r.get_ref().count, r.get_ref().size), (7, 7000));
+
+    // Bidi: each message answered before the next is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+    let rx = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|m| (m, rx)) });
+    let mut replies = c.bidi(rx).await.expect("bidi").into_inner();
+    for i in 0..10u8 {
+        tx.send(msg(&[i])).await.unwrap();
+        let m = replies.message().await.unwrap().expect("an answer");
+        assert_eq!((m.text.as_str(), m.data.as_slice()), ("blue", &[i][..]));
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+    assert_eq!(blue.calls(), 4);
+}
+
+/// A gRPC error travels in the trailers: status, message and custom
+/// metadata, after the messages of a stream; and as a trailers-only answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_arrive_intact() {
+    let (_blue, _green, p) = setup((100, 0), "").await;
+    let mut c = echo::client(p.http).await;
+    let mut s = c
+        .server_stream(Msg {
+            count: 3,
+            fail_code: Code::Aborted as i32,
+            ..Msg::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        s.message()
+            .await
+            .expect("message before the error")
+            .unwrap();
+    }
+    let status = s.message().await.expect_err("the trailers' status");
+    assert_eq!(status.code(), Code::Aborted);
+    assert_eq!(status.message(), "failing on purpose");
+    assert_eq!(status.metadata().get("x-trailer").unwrap(), "kept");
+
+    let status = c
+        .unary(Msg {
+            fail_code: Code::PermissionDenied as i32,
+            ..Msg::default()
+        })
+        .await
+        .expect_err("trailers-only error");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.metadata().get("x-trailer").unwrap(), "kept");
+
+    // A successful stream ends with grpc-status 0 in its trailers.
+    let mut s = c
+        .server_stream(Msg {
+            count: 1,
+            ..Msg::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().unwrap();
+    assert!(s.message().await.unwrap().is_none());
+    let trailers = s.trailers().await.unwrap().expect("trailers");
+    assert!(trailers.get("grpc-status").is_none_or(|v| v == "0"));
+}
+
+/// 80/20 over 600 calls: green's count is binomial(600, 0.2), mean 120,
+/// sd 9.8; the test allows 4 sd (39).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_are_respected() {
+    let (blue, green, p) = setup((80, 20), "").await;
+    let mut c = echo::client(p.http).await;
+    let mut greens = 0i64;
+    for _ in 0..600 {
+        let r = c.unary(msg(b"")).await.expect("unary");
+        if r.get_ref().text == "green" {
+            greens += 1;
+        }
+    }
+    assert!((greens - 120).abs() <= 39, "green answered {greens} of 600");
+    assert_eq!(blue.calls() + green.calls(), 600);
+    // All of it on one connection per backend and worker.
+    assert!(blue.connections() <= 2, "{}", blue.connections());
+}
+
+/// `sticky = { header = "x-user-id" }` reads gRPC metadata like any header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_by_metadata() {
+    let (_blue, _green, p) = setup((50, 50), "sticky = { header = \"x-user-id\" }\n").await;
+    let mut c = echo::client(p.http).await;
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..40 {
+        let mut first = None;
+        for _ in 0..3 {
+            let mut req = tonic::Request::new(msg(b""));
+            req.metadata_mut()
+                .insert("x-user-id", format!("user-{user}").parse().unwrap());
+            let text = c.unary(req).await.unwrap().into_inner().text;
+            assert_eq!(
+                first.get_or_insert(text.clone()),
+                &text,
+                "user {user} moved"
+            );
+            seen.insert(text);
+        }
+    }
+    // 40 users on a 50/50 split all on one side: p = 2^-39.
+    assert_eq!(seen.len(), 2);
+}
+
+/// A call the client cancels is reset upstream: the server's stream is
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_reaches_the_backend() {
+    let (blue, _green, p) = setup((100, 0), "").await;
+    let mut c = echo::client(p.http).await;
+    let mut s = c
+        .server_stream(Msg {
+            count: 1_000_000,
+            delay_ms: 20,
+            ..Msg::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().unwrap();
+    s.message().await.unwrap().unwrap();
+    assert_eq!(blue.state.cancelled.load(Ordering::Relaxed), 0);
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            blue.state.cancelled.load(Ordering::Relaxed) == 1
+        })
+        .await,
+        "the backend's stream was not cancelled"
+    );
+}
+
+/// 100 MiB down a server stream and 100 MiB up a client stream: the
+/// proxy's memory stays bounded by its windows, not the stream size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_streams_both_ways_in_bounded_memory() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: u32 = 1600; // 100 MiB
+    let (blue, _green, p) = setup((100, 0), "").await;
+    let mut c = echo::client(p.http).await;
+    c.unary(msg(b"warm")).await.unwrap();
+    let before = p.rss_kib();
+    let started = Instant::now();
+
+    let mut s = c
+        .server_stream(Msg {
+            count: CHUNKS,
+            data: vec![7; CHUNK],
+            ..Msg::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut n, mut peak) = (0u64, before);
+    while let Some(m) = s.message().await.unwrap() {
+        n += m.data.len() as u64;
+        if m.count % 200 == 0 {
+            peak = peak.max(p.rss_kib());
+        }
+    }
+    assert_eq!(n, u64::from(CHUNKS) * CHUNK as u64);
+    let down = started.elapsed();
+
+    let started = Instant::now();
+    let up = futures_util::stream::iter(0..CHUNKS).map(|_| msg(&[9; CHUNK]));
+    let sampler = {
+        let pid = p.child.id();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..2000 {
+                peak = peak.max(rss_of(pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+    let r = c.client_stream(up).await.unwrap();
+    let up_time = started.elapsed();
+    sampler.abort();
+    assert_eq!(r.get_ref().size, u64::from(CHUNKS) * CHUNK as u64);
+    assert_eq!(
+        blue.state.received.load(Ordering::Relaxed),
+        r.get_ref().size
+    );
+    peak = peak.max(p.rss_kib());
+    eprintln!(
+        "100 MiB down in {down:?}, up in {up_time:?}; proxy RSS {before} KiB before, peak {peak} KiB"
+    );
+    assert!(
+        peak < before + 32 * 1024,
+        "proxy RSS grew from {before} KiB to {peak} KiB"
+    );
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Many calls at once share one upstream connection per worker; a server
+/// that allows 4 streams per connection gets more connections, and every
+/// call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_multiplex_within_the_peer_limit() {
+    let blue = Server::start_with("blue", Some(4), None).await;
+    let green = Server::start("green").await;
+    let p = Proxy::start(&format!(
+        "[server]\nworkers = 1\n\n{}",
+        config(&blue, &green, (100, 0), "")
+    ))
+    .await;
+    let mut c = echo::client(p.http).await;
+    // The server's SETTINGS arrive during the first call; the connection
+    // records them when it sends the second.
+    c.unary(msg(b"")).await.unwrap();
+    c.unary(msg(b"")).await.unwrap();
+    assert_eq!(blue.connections(), 1);
+    let calls = (0..20).map(|_| {
+        let mut c = echo::Client(c.0.clone());
+        tokio::spawn(async move {
+            c.unary(Msg {
+                delay_ms: 300,
+                ..Msg::default()
+            })
+            .await
+            .map(|_| ())
+        })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap().expect("call succeeds");
+    }
+    // 20 at once, 4 per connection: at least 5 connections.
+    assert!(blue.connections() >= 5, "{}", blue.connections());
+
+    // With an unlimited server, 20 at once fit on the one connection.
+    let p2 = Proxy::start(&format!(
+        "[server]\nworkers = 1\n\n{}",
+        config(&green, &blue, (100, 0), "")
+    ))
+    .await;
+    let mut c = echo::client(p2.http).await;
+    c.unary(msg(b"")).await.unwrap();
+    let before = green.connections();
+    let calls = (0..20).map(|_| {
+        let mut c = echo::Client(c.0.clone());
+        tokio::spawn(async move {
+            c.unary(Msg {
+                delay_ms: 200,
+                ..Msg::default()
+            })
+            .await
+            .map(|_| ())
+        })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap().expect("call succeeds");
+    }
+    assert_eq!(green.connections(), before);
+}
+
+/// A backend that sends GOAWAY (graceful restart) is replaced without
+/// failing a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_replaces_the_connection_without_failing_calls() {
+    let (blue, _green, p) = setup((100, 0), "").await;
+    let mut c = echo::client(p.http).await;
+    for round in 0..5 {
+        for _ in 0..20 {
+            c.unary(msg(b"")).await.expect("unary");
+        }
+        blue.goaway();
+        // No wait: the next calls race the GOAWAY.
+        let _ = round;
+    }
+    for _ in 0..20 {
+        c.unary(msg(b""))
+            .await
+            .expect("unary after the last GOAWAY");
+    }
+    assert!(blue.connections() >= 2, "{}", blue.connections());
+}
+
+/// An HTTP/1.1 client to an HTTP/2 backend and back; the backend sees
+/// HTTP/2 with `:authority` from the client's Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_to_h2c_backend() {
+    let b = common::Backend::start("blue").await;
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[backends.blue]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\n\
+         [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
+        b.addr
+    ))
+    .await;
+    let client = common::client();
+    for _ in 0..3 {
+        let resp = client
+            .post(p.url("/echo/x?q=1"))
+            .header("host", "shop.example")
+            .header("te", "trailers")
+            .header("x-app", "1")
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        let text = resp.text().await.unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        assert_eq!(doc["version"], "HTTP/2.0", "{doc}");
+        assert_eq!(doc["uri"], "http://shop.example/echo/x?q=1", "{doc}");
+        assert_eq!(doc["headers"]["te"][0], "trailers", "{doc}");
+        assert_eq!(doc["headers"]["x-app"][0], "1", "{doc}");
+        assert!(doc["headers"].get("host").is_none(), "{doc}");
+    }
+    let resp = client.get(p.url("/download/1000000")).send().await.unwrap();
+    assert_eq!(resp.bytes().await.unwrap().len(), 1_000_000);
+}
