@@ -396,3 +396,224 @@ async fn http1_client_to_h2c_backend() {
     let resp = client.get(p.url("/download/1000000")).send().await.unwrap();
     assert_eq!(resp.bytes().await.unwrap().len(), 1_000_000);
 }
+
+/// Status counted by grpc-status: trailers-only errors from the headers,
+/// stream errors from the trailers; UNAVAILABLE counts as an error in the
+/// A/B evidence and ejects the endpoint, though every answer was HTTP 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_status_is_counted_and_unavailable_is_an_error() {
+    let (blue, green, p) = setup(
+        (50, 50),
+        "[backends.green.outlier]\nmax_ejected_percent = 100\nbase_ejection_time = \"60s\"\n",
+    )
+    .await;
+    green
+        .state
+        .fail_all
+        .store(Code::Unavailable as i32, Ordering::Relaxed);
+    let mut c = echo::client(p.http).await;
+    let (mut ok, mut unavailable) = (0, 0);
+    for _ in 0..40 {
+        match c.unary(msg(b"")).await {
+            Ok(_) => ok += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable);
+                assert_eq!(s.message(), "failing on purpose");
+                unavailable += 1;
+            }
+        }
+    }
+    // Five in a row eject green's only endpoint; the rest fail over to blue.
+    assert_eq!(unavailable, 5, "{ok} ok");
+    assert_eq!(green.calls(), 5);
+    // An error in the trailers, after two messages.
+    let mut s = c
+        .server_stream(Msg {
+            count: 2,
+            fail_code: Code::DataLoss as i32,
+            ..Msg::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while s.message().await.is_ok_and(|m| m.is_some()) {}
+    let m = p.metrics().await;
+    let grpc = |backend, status| {
+        common::metric(
+            &m,
+            "cutover_grpc_responses_total",
+            &[
+                ("route", "grpc"),
+                ("backend", backend),
+                ("grpc_status", status),
+            ],
+        )
+    };
+    assert_eq!(grpc("green", "14"), 5.0, "{m}");
+    assert_eq!(grpc("blue", "0"), 35.0, "{m}");
+    assert_eq!(grpc("blue", "15"), 1.0, "{m}");
+    assert_eq!(
+        common::metric(&m, "cutover_requests_total", &[("code", "200")]),
+        41.0
+    );
+    assert_eq!(
+        common::metric(
+            &m,
+            "cutover_endpoint_ejections_total",
+            &[("backend", "green")]
+        ),
+        1.0,
+        "{m}"
+    );
+    // The A/B comparison sees green's errors.
+    let errors = |doc: &serde_json::Value| {
+        doc["routes"][0]["comparisons"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["backend"] == "green"))
+            .and_then(|c| c["errors"].as_u64())
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let doc: serde_json::Value = reqwest::get(p.admin_url("/admin/analysis"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            errors(&doc) == Some(5)
+        })
+        .await,
+        "green's 5 UNAVAILABLE are not errors in /admin/analysis"
+    );
+    drop(blue);
+}
+
+/// The proxy's own failures reach a gRPC client as gRPC: HTTP 200,
+/// trailers-only, UNAVAILABLE for no backend, DEADLINE_EXCEEDED when the
+/// call's grpc-timeout (shorter than timeouts.request) passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_are_grpc_and_grpc_timeout_is_the_deadline() {
+    let (blue, _green, p) = setup((100, 0), "").await;
+    // A raw HTTP/2 client: tonic's own channel would enforce the timeout
+    // itself, before the proxy could.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let payload = prost::Message::encode_to_vec(&Msg {
+        delay_ms: 3000,
+        ..Msg::default()
+    });
+    let mut frame = vec![0u8];
+    frame.extend((payload.len() as u32).to_be_bytes());
+    frame.extend(payload);
+    let started = Instant::now();
+    let resp = h2
+        .post(p.url(echo::UNARY))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "4", "{resp:?}");
+    assert_eq!(
+        resp.headers()["grpc-message"],
+        "gateway timeout: upstream did not answer in time"
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(
+        blue.state.last_timeout.lock().unwrap().as_deref(),
+        Some("300m")
+    );
+
+    // No backend listening: UNAVAILABLE from the proxy itself.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let p2 = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [backends.blue]\nendpoints = [\"{dead}\"]\nprotocol = \"h2c\"\nretries = 0\n\n\
+         [[routes]]\nname = \"grpc\"\nweights = {{ blue = 100 }}\n"
+    ))
+    .await;
+    let mut c = echo::client(p2.http).await;
+    let s = c.unary(msg(b"")).await.expect_err("no backend");
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(s.message(), "bad gateway: upstream connect failed");
+    let m = p2.metrics().await;
+    assert_eq!(
+        common::metric(&m, "cutover_grpc_responses_total", &[("grpc_status", "14")]),
+        1.0,
+        "{m}"
+    );
+    // A plain HTTP client still gets an HTTP error page.
+    let resp = common::client().get(p2.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+}
+
+/// A TLS server config with a fresh self-signed certificate, ALPN `h2`.
+fn tls_config() -> std::sync::Arc<rustls::ServerConfig> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let mut c = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    std::sync::Arc::new(c)
+}
+
+/// gRPC over TLS to the backends: `protocol = "h2"` and `"auto"` (which
+/// picks h2 by ALPN), calls and trailers as over h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_with_alpn() {
+    let blue = Server::start_with("blue", None, Some(tls_config())).await;
+    let green = Server::start_with("green", None, Some(tls_config())).await;
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n\
+         [backends.blue]\nendpoints = [\"https://localhost:{}\"]\nprotocol = \"h2\"\ninsecure_skip_verify = true\n\n\
+         [backends.green]\nendpoints = [\"https://localhost:{}\"]\nprotocol = \"auto\"\ninsecure_skip_verify = true\n\n\
+         [[routes]]\nname = \"grpc\"\nweights = {{ blue = 50, green = 50 }}\n",
+        blue.addr.port(),
+        green.addr.port()
+    ))
+    .await;
+    let mut c = echo::client(p.http).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let r = c.unary(msg(b"tls")).await.expect("unary over TLS");
+        assert_eq!(r.get_ref().data, b"tls");
+        seen.insert(r.into_inner().text);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let up = futures_util::stream::iter((0..3).map(|_| msg(&[1; 10])));
+    let mut replies = c.bidi(up).await.expect("bidi over TLS").into_inner();
+    let mut n = 0;
+    while let Some(_m) = replies.message().await.unwrap() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let mut s = c
+        .server_stream(Msg {
+            count: 1,
+            fail_code: Code::Aborted as i32,
+            ..Msg::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.message().await.unwrap().unwrap();
+    let status = s.message().await.expect_err("trailers over TLS");
+    assert_eq!(status.metadata().get("x-trailer").unwrap(), "kept");
+    assert!(blue.connections() <= 2 && green.connections() <= 2);
+}

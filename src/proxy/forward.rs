@@ -65,7 +65,13 @@ pub async fn forward<'t>(
     started: Instant,
 ) -> Result<Sent<'t>, Failed> {
     let policy = &route.backends[backend].backend.retry;
-    let mut deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
+    // A gRPC call's own deadline (`grpc-timeout`) when it is shorter.
+    let grpc = super::grpc::is_grpc(&parts.headers);
+    let timeout = match super::grpc::timeout(&parts.headers) {
+        Some(t) if grpc => t.min(w.shared.timeouts.request),
+        _ => w.shared.timeouts.request,
+    };
+    let mut deadline = tokio::time::Instant::from_std(started) + timeout;
     to_origin_form(&mut parts);
     // The client's body, bounded by `body_idle`; while the upstream is still
     // reading it, the request timeout waits (an upload takes what it takes).
@@ -182,6 +188,8 @@ pub async fn forward<'t>(
                 );
                 if gateway || (status.is_server_error() && this.backend.outlier.on_5xx) {
                     this.backend.report_failure(endpoint);
+                } else if grpc && status == StatusCode::OK {
+                    // Judged by its grpc-status (`grpc::Watch`).
                 } else {
                     endpoint.report_success();
                     this.backend.forgive(endpoint);

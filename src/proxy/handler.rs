@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::forward::{Failed, Sent, forward};
+use super::grpc;
 use super::headers;
 use super::server::{ConnSlot, Shared};
 use super::upgrade;
@@ -60,6 +61,9 @@ pub async fn handle(
     // One lock-free load; this request finishes with this table even if a
     // reload publishes another meanwhile.
     let table = w.shared.table.load_full();
+    // A gRPC call is judged by its grpc-status, and the proxy's own errors
+    // are answered to it as gRPC.
+    let grpc = grpc::is_grpc(req.headers());
 
     // 1. Framing: never forward a request whose length two headers disagree
     //    on (RFC 9112 §6.1); hyper already rejects bad chunked lists and
@@ -72,6 +76,7 @@ pub async fn handle(
             ProxyError::AmbiguousFraming,
             false,
             started,
+            grpc,
         );
     }
     //    The only transfer coding the proxy can pass on is a single chunked
@@ -90,12 +95,13 @@ pub async fn handle(
             ProxyError::UnsupportedTransferCoding,
             false,
             started,
+            grpc,
         );
     }
     //    Exactly one Host in HTTP/1.1 (RFC 9112 §3.2).
     let hosts = req.headers().get_all(header::HOST).iter().count();
     if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
-        return local(&table.unmatched, ProxyError::BadHost, false, started);
+        return local(&table.unmatched, ProxyError::BadHost, false, started, grpc);
     }
 
     // 2. Match a route by host and path. An absolute-form target's (or
@@ -112,7 +118,7 @@ pub async fn handle(
                 .and_then(|h| h.to_str().ok())
         });
     let Some(route) = table.find(host, req.uri().path()) else {
-        return local(&table.unmatched, ProxyError::NoRoute, false, started);
+        return local(&table.unmatched, ProxyError::NoRoute, false, started, grpc);
     };
 
     // 3. Choose the backend (override, bucket, failover), then an endpoint.
@@ -131,6 +137,7 @@ pub async fn handle(
             ProxyError::NoEndpoint,
             choice.overridden,
             started,
+            grpc,
         );
     };
     if let Some(from) = choice.failed_over_from {
@@ -142,6 +149,7 @@ pub async fn handle(
             ProxyError::NoEndpoint,
             choice.overridden,
             started,
+            grpc,
         );
     };
 
@@ -166,7 +174,7 @@ pub async fn handle(
         mut resp,
         lease,
         backend,
-        endpoint: _,
+        endpoint,
         in_flight,
         gauge,
     } = match forward(w, route, backend, endpoint, parts, body, started).await {
@@ -177,6 +185,7 @@ pub async fn handle(
                 err,
                 choice.overridden,
                 started,
+                grpc,
             );
         }
     };
@@ -217,17 +226,36 @@ pub async fn handle(
             .insert(&headers::X_CUTOVER_BACKEND, served.name_value.clone());
     }
 
-    // 7. Record, and stream the body back.
-    served.metrics.record(
-        resp.status().as_u16(),
-        choice.overridden,
-        started.elapsed().as_secs_f64(),
-    );
+    // 7. Record, and stream the body back. A gRPC answer is judged by its
+    //    grpc-status: in the headers of a trailers-only answer, else when
+    //    the trailers pass (`grpc::Watch`).
+    let seconds = started.elapsed().as_secs_f64();
+    let mut watch = None;
+    if grpc && resp.status() == StatusCode::OK {
+        served.metrics.record_head(200, choice.overridden, seconds);
+        let judged = grpc::Watch {
+            metrics: served.metrics.clone(),
+            backend: served.backend.clone(),
+            endpoint: endpoint.clone(),
+            overridden: choice.overridden,
+            seconds,
+            done: false,
+        };
+        match grpc::status_of(resp.headers()) {
+            Some(code) => judged.judge_now(code),
+            None => watch = Some(Box::new(judged)),
+        }
+    } else {
+        served
+            .metrics
+            .record(resp.status().as_u16(), choice.overridden, seconds);
+    }
     resp.map(|body| ResponseBody::Upstream {
         body,
         lease,
         _in_flight: in_flight,
         _gauge: gauge,
+        grpc: watch,
     })
 }
 
@@ -237,11 +265,17 @@ fn local(
     err: ProxyError,
     overridden: bool,
     started: Instant,
+    grpc: bool,
 ) -> Response<ResponseBody> {
-    metrics.record(
-        err.status().as_u16(),
-        overridden,
-        started.elapsed().as_secs_f64(),
-    );
+    let seconds = started.elapsed().as_secs_f64();
+    if grpc {
+        // Trailers-only, HTTP 200; the evidence counts it as the HTTP
+        // status would (a 5xx of the proxy's is an error, a 4xx is not).
+        metrics.record_head(200, overridden, seconds);
+        let error = err.status().is_server_error();
+        metrics.grpc(grpc::code_of(err), error, overridden, seconds);
+        return grpc::local_response(err);
+    }
+    metrics.record(err.status().as_u16(), overridden, seconds);
     err.response()
 }

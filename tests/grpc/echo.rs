@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -62,6 +62,8 @@ pub struct State {
     pub cancelled: AtomicUsize,
     /// Request bytes read by client streams.
     pub received: AtomicU64,
+    /// Non-zero: every unary call fails with this gRPC status.
+    pub fail_all: AtomicI32,
     /// The `grpc-timeout` of the last call, as sent.
     pub last_timeout: std::sync::Mutex<Option<String>>,
 }
@@ -214,8 +216,12 @@ impl UnaryService<Msg> for Svc {
             if msg.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(msg.delay_ms.into())).await;
             }
-            if msg.fail_code != 0 {
-                return Err(failure(msg.fail_code));
+            let fail = match state.fail_all.load(Ordering::Relaxed) {
+                0 => msg.fail_code,
+                all => all,
+            };
+            if fail != 0 {
+                return Err(failure(fail));
             }
             Ok(reply(&state, msg))
         })
