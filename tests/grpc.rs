@@ -617,3 +617,81 @@ async fn grpc_over_tls_with_alpn() {
     assert_eq!(status.metadata().get("x-trailer").unwrap(), "kept");
     assert!(blue.connections() <= 2 && green.connections() <= 2);
 }
+
+/// A reload (new weights) while calls stream ends none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_streaming_load_ends_no_stream() {
+    let (blue, green, p) = setup((100, 0), "").await;
+    let c = echo::client(p.http).await;
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = echo::Client(c.0.clone());
+            tokio::spawn(async move {
+                let mut s = c
+                    .server_stream(Msg {
+                        count: 40,
+                        delay_ms: 25,
+                        ..Msg::default()
+                    })
+                    .await?
+                    .into_inner();
+                let mut n = 0;
+                while s.message().await?.is_some() {
+                    n += 1;
+                }
+                Ok::<_, tonic::Status>(n)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.write_config(&config(&blue, &green, (50, 50), ""));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            common::metric(
+                &p.metrics().await,
+                "cutover_config_reloads_total",
+                &[("result", "success")],
+            ) >= 1.0
+        })
+        .await,
+        "the config was not reloaded"
+    );
+    for call in calls {
+        assert_eq!(call.await.unwrap().expect("stream survives the reload"), 40);
+    }
+    // New calls follow the new weights.
+    let mut c = echo::client(p.http).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        seen.insert(c.unary(msg(b"")).await.unwrap().into_inner().text);
+    }
+    assert_eq!(seen.len(), 2);
+}
+
+/// Health checks speak the backend's protocol: an HTTP/2-only server is
+/// healthy to an h2c check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_h2c() {
+    let blue = Server::start("blue").await;
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [backends.blue]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\
+         health = {{ path = \"/health\", interval = \"100ms\", start_unhealthy = true, healthy_threshold = 1 }}\n\n\
+         [[routes]]\nname = \"grpc\"\nweights = {{ blue = 100 }}\n",
+        blue.addr
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            common::metric(
+                &p.metrics().await,
+                "cutover_endpoint_healthy",
+                &[("backend", "blue")],
+            ) == 1.0
+        })
+        .await,
+        "the h2c health check never passed"
+    );
+    let mut c = echo::client(p.http).await;
+    c.unary(msg(b"")).await.expect("healthy endpoint answers");
+}
