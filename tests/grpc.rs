@@ -280,7 +280,7 @@ fn rss_of(pid: u32) -> u64 {
 
 /// Many calls at once share one upstream connection per worker; a server
 /// that allows 4 streams per connection gets more connections, and every
-/// call succeeds.
+/// call succeeds (none refused for exceeding the peer's limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_multiplex_within_the_peer_limit() {
     let blue = Server::start_with("blue", Some(4), None).await;
@@ -310,8 +310,10 @@ async fn streams_multiplex_within_the_peer_limit() {
     for r in futures_util::future::join_all(calls).await {
         r.unwrap().expect("call succeeds");
     }
-    // 20 at once, 4 per connection: at least 5 connections.
-    assert!(blue.connections() >= 5, "{}", blue.connections());
+    // The first connection is known to be full at 4: another opens. Its
+    // own limit is not known until its SETTINGS arrive, so the rest wait
+    // inside it (one stream until then, then 4) rather than be refused.
+    assert!(blue.connections() >= 2, "{}", blue.connections());
 
     // With an unlimited server, 20 at once fit on the one connection.
     let p2 = Proxy::start(&format!(
@@ -694,4 +696,40 @@ async fn health_checks_speak_h2c() {
     );
     let mut c = echo::client(p.http).await;
     c.unary(msg(b"")).await.expect("healthy endpoint answers");
+}
+
+/// `Expect: 100-continue` from an HTTP/1.1 client to an HTTP/2 backend:
+/// the body is not held waiting for a `100 Continue` that hyper's HTTP/2
+/// client never reports (it would wait the 1 s fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_to_h2c_backend_is_not_held() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = common::Backend::start("blue").await;
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[backends.blue]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\n\
+         [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
+        b.addr
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    let started = Instant::now();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    s.write_all(b"hello").await.unwrap();
+    let mut got = String::new();
+    while !got.contains("\r\n\r\n5") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(800), "{took:?}");
 }

@@ -85,7 +85,11 @@ pub async fn forward<'t>(
     let mut replay = None;
     // `Expect: 100-continue`: the body waits for the backend's word
     // (`expect.rs`), so it is never buffered for a replay.
-    let expects = !body.is_end_stream() && expect::expects_continue(&parts.headers);
+    // HTTP/2 backends send no `100 Continue` that hyper's client would
+    // report, so their body is never held.
+    let expects = !body.is_end_stream()
+        && endpoint.protocol == crate::config::Protocol::Http1
+        && expect::expects_continue(&parts.headers);
     let mut held = None;
     let body = if expects {
         held = Some(body);

@@ -149,6 +149,11 @@ async fn handshake_h2(
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONN_WINDOW)
         .max_send_buf_size(H2_SEND_BUF)
+        // Until the peer's SETTINGS arrive, one stream at a time; more wait
+        // inside the connection. Streams sent past a limit the peer has not
+        // announced yet would be refused (REFUSED_STREAM), and hyper fails
+        // such a request without handing it back for another connection.
+        .initial_max_send_streams(super::h2::INITIAL_STREAMS)
         .handshake::<Io, RequestBody>(io);
     let (sender, conn) = tokio::time::timeout(timeout, handshake)
         .await

@@ -23,6 +23,10 @@ use super::endpoint::now_ms;
 /// usually allow 100 to unlimited).
 pub const MAX_STREAMS: usize = 256;
 
+/// Streams the connection opens before the peer's SETTINGS arrive; more
+/// wait inside it (see `connect.rs`).
+pub const INITIAL_STREAMS: usize = 1;
+
 /// An HTTP/2 connection that idled this long with no stream is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -53,8 +57,12 @@ impl H2State {
         }
     }
 
+    /// The connection's current limit. [`INITIAL_STREAMS`] is what hyper
+    /// reports before the peer's SETTINGS: taken as "not known yet" (a peer
+    /// that really allows one stream gets its streams queued in the
+    /// connection instead of spread).
     pub fn set_peer_max(&self, n: usize) {
-        if self.peer_max.load(Ordering::Relaxed) != n {
+        if n != INITIAL_STREAMS && self.peer_max.load(Ordering::Relaxed) != n {
             self.peer_max.store(n, Ordering::Relaxed);
         }
     }
@@ -151,6 +159,8 @@ mod tests {
     #[test]
     fn room_follows_the_peer_and_the_cap() {
         let s = Arc::new(H2State::new());
+        s.set_peer_max(INITIAL_STREAMS);
+        assert_eq!(s.peer_max.load(Ordering::Relaxed), 100);
         s.set_peer_max(2);
         let a = s.start_stream();
         assert!(s.has_room());
