@@ -100,6 +100,8 @@ pub struct Metrics {
     /// `cutover_access_log_dropped_total`: lines the access log writer
     /// could not take in time.
     pub access_log_dropped: IntCounter,
+    /// `cutover_grpc_responses_total{route,backend,grpc_status}`.
+    grpc_responses: IntCounterVec,
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -134,6 +136,14 @@ impl Metrics {
                 "Failed upstream exchanges by kind: connect, timeout, reset, protocol.",
             ),
             &["route", "backend", "kind"],
+        )
+        .expect("valid metric");
+        let grpc_responses = IntCounterVec::new(
+            Opts::new(
+                "cutover_grpc_responses_total",
+                "gRPC responses by route, backend and grpc-status (0-16), from the headers of a trailers-only response, else from the trailers.",
+            ),
+            &["route", "backend", "grpc_status"],
         )
         .expect("valid metric");
         let weight = IntGaugeVec::new(
@@ -281,6 +291,7 @@ impl Metrics {
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(grpc_responses.clone()),
             Box::new(weight.clone()),
             Box::new(in_flight.clone()),
             Box::new(connections_open.clone()),
@@ -339,6 +350,7 @@ impl Metrics {
             analysis_verdict,
             srm_alarm,
             access_log_dropped,
+            grpc_responses,
         }
     }
 
@@ -377,6 +389,12 @@ impl Metrics {
             retries: ["connect", "5xx"]
                 .map(|r| self.retries.with_label_values(&[route, backend, r])),
             evidence: (!route.is_empty()).then(|| self.evidence(route, backend)),
+            grpc: GrpcCodes {
+                vec: self.grpc_responses.clone(),
+                route: route.into(),
+                backend: backend.into(),
+                resolved: Default::default(),
+            },
             codes: Codes {
                 vec: self.requests.clone(),
                 route: route.into(),
@@ -421,16 +439,32 @@ struct Handles {
     retries: [IntCounter; 2],
     evidence: Option<Arc<Evidence>>,
     codes: Codes,
+    grpc: GrpcCodes,
 }
 
 impl RouteMetrics {
     /// Records a response head sent to the client.
     pub fn record(&self, code: u16, overridden: bool, seconds: f64) {
-        self.0.codes.inc(code, overridden);
-        self.0.duration.observe(seconds);
+        self.record_head(code, overridden, seconds);
         // A/B evidence: what ordinary users got; testers' overrides are not.
         if let (Some(e), false) = (&self.0.evidence, overridden) {
             e.record(code >= 500, seconds);
+        }
+    }
+
+    /// Records a response head without the A/B evidence, which a gRPC
+    /// response gets from its `grpc-status` ([`Self::grpc`]).
+    pub fn record_head(&self, code: u16, overridden: bool, seconds: f64) {
+        self.0.codes.inc(code, overridden);
+        self.0.duration.observe(seconds);
+    }
+
+    /// Records a gRPC status (0-16) and, as the A/B evidence, whether it
+    /// is an error, with the time to the response head.
+    pub fn grpc(&self, status: u8, error: bool, overridden: bool, seconds: f64) {
+        self.0.grpc.inc(status);
+        if let (Some(e), false) = (&self.0.evidence, overridden) {
+            e.record(error, seconds);
         }
     }
 
@@ -491,6 +525,31 @@ impl Codes {
                 .inc(),
             None => resolve().inc(),
         }
+    }
+}
+
+/// `cutover_grpc_responses_total` children of one (route, backend),
+/// resolved on first use.
+struct GrpcCodes {
+    vec: IntCounterVec,
+    route: Box<str>,
+    backend: Box<str>,
+    resolved: [OnceLock<IntCounter>; 17],
+}
+
+impl GrpcCodes {
+    const LABELS: [&'static str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+
+    fn inc(&self, status: u8) {
+        let i = if status > 16 { 2 } else { usize::from(status) };
+        self.resolved[i]
+            .get_or_init(|| {
+                self.vec
+                    .with_label_values(&[&self.route, &self.backend, Self::LABELS[i]])
+            })
+            .inc();
     }
 }
 

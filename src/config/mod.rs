@@ -114,6 +114,33 @@ pub struct BackendSpec {
     /// Upstream connections per endpoint and worker thread, open or idle;
     /// requests past it wait (as many again, up to `timeouts.connect`).
     pub max_connections: usize,
+    /// How the endpoints are spoken to (`protocol`).
+    pub protocol: Protocol,
+}
+
+/// How Cutover speaks to a backend's endpoints (`backends.NAME.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 (over TLS for `https://` endpoints, ALPN `http/1.1`).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext TCP (RFC 9113 §3.3).
+    H2c,
+    /// HTTP/2 over TLS, ALPN `h2` (RFC 9113 §3.2).
+    H2,
+    /// HTTP/2 over TLS when the endpoint picks `h2` by ALPN, else HTTP/1.1.
+    Auto,
+}
+
+impl Protocol {
+    /// The ALPN protocols offered in the TLS handshake (RFC 7301).
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http1 | Protocol::H2c => &[b"http/1.1"],
+            Protocol::H2 => &[b"h2"],
+            Protocol::Auto => &[b"h2", b"http/1.1"],
+        }
+    }
 }
 
 /// How `https://` endpoints of a backend are verified.

@@ -153,6 +153,8 @@ pub struct RawBackend {
     pub retry_buffer_bytes: Option<Spanned<i64>>,
     /// Upstream connections per endpoint and worker.
     pub max_connections: Option<Spanned<i64>>,
+    /// `http1` (default), `h2c`, `h2` or `auto`.
+    pub protocol: Option<Str>,
     pub ca: Option<Str>,
     #[serde(default)]
     pub insecure_skip_verify: bool,

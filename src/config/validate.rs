@@ -20,8 +20,8 @@ use super::raw::{
 use super::{AccessLogFormat, AccessLogSpec, LogTarget};
 use super::{
     BackendSpec, Balance, CertSpec, Config, ConfigError, Diagnostic, EndpointSpec, HealthSpec,
-    HostMatch, Limits, OnFailure, OutlierSpec, OverrideSpec, RetrySpec, RolloutSpec, RouteSpec,
-    SecretRef, SecretSource, StickySpec, Timeouts, TlsSpec, UpstreamTls,
+    HostMatch, Limits, OnFailure, OutlierSpec, OverrideSpec, Protocol, RetrySpec, RolloutSpec,
+    RouteSpec, SecretRef, SecretSource, StickySpec, Timeouts, TlsSpec, UpstreamTls,
 };
 
 /// HTTP/2 streams per connection at most: each may hold a request in
@@ -569,7 +569,9 @@ impl Validator<'_> {
             1,
             1 << 20,
         );
+        let protocol = self.protocol(&key, raw, &endpoints);
         BackendSpec {
+            protocol,
             max_connections,
             name: name.to_owned(),
             endpoints,
@@ -579,6 +581,43 @@ impl Validator<'_> {
             retry,
             upstream_tls,
         }
+    }
+
+    /// `protocol`: `h2c` is cleartext only, `h2` and `auto` choose by ALPN
+    /// and so need `https://` endpoints.
+    fn protocol(&mut self, key: &str, raw: &RawBackend, endpoints: &[EndpointSpec]) -> Protocol {
+        let Some(p) = &raw.protocol else {
+            return Protocol::Http1;
+        };
+        let protocol = match p.get_ref().as_str() {
+            "http1" => Protocol::Http1,
+            "h2c" => Protocol::H2c,
+            "h2" => Protocol::H2,
+            "auto" => Protocol::Auto,
+            other => {
+                self.error(
+                    p,
+                    format!("{key}.protocol: \"{other}\" is not one of http1, h2c, h2, auto"),
+                );
+                return Protocol::Http1;
+            }
+        };
+        let https = |e: &&EndpointSpec| e.scheme == Scheme::HTTPS;
+        match protocol {
+            Protocol::H2c if endpoints.iter().any(|e| https(&e)) => self.error(
+                p,
+                format!("{key}.protocol: \"h2c\" is HTTP/2 over cleartext; use \"h2\" for https:// endpoints"),
+            ),
+            Protocol::H2 | Protocol::Auto if !endpoints.iter().all(|e| https(&e)) => self.error(
+                p,
+                format!(
+                    "{key}.protocol: \"{}\" negotiates HTTP/2 by TLS ALPN and needs https:// endpoints; use \"h2c\" for cleartext",
+                    p.get_ref()
+                ),
+            ),
+            _ => {}
+        }
+        protocol
     }
 
     fn health(&mut self, key: &str, h: &RawHealth) -> HealthSpec {
@@ -1313,6 +1352,35 @@ mod tests {
         assert_eq!(
             e,
             "c.toml:9:23: routes[0].weights: backend \"gren\" is not defined (known: blue, green)"
+        );
+    }
+
+    #[test]
+    fn protocol_is_checked_against_the_endpoints() {
+        let ok = "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.a]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2c\"\n[backends.b]\nendpoints = [\"https://x:1\"]\nprotocol = \"auto\"\n";
+        let c = parse(Path::new("c.toml"), ok).unwrap();
+        assert_eq!(c.backends[0].protocol, Protocol::H2c);
+        assert_eq!(c.backends[1].protocol, Protocol::Auto);
+        let e = errors(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.a]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h3\"\n",
+        );
+        assert!(
+            e.contains("c.toml:5:12: backends.a.protocol: \"h3\" is not one of"),
+            "{e}"
+        );
+        let e = errors(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.a]\nendpoints = [\"127.0.0.1:1\"]\nprotocol = \"h2\"\n",
+        );
+        assert!(
+            e.contains("c.toml:5:12: backends.a.protocol: \"h2\" negotiates"),
+            "{e}"
+        );
+        let e = errors(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[backends.a]\nendpoints = [\"https://x:1\"]\nprotocol = \"h2c\"\n",
+        );
+        assert!(
+            e.contains("c.toml:5:12: backends.a.protocol: \"h2c\" is HTTP/2 over cleartext"),
+            "{e}"
         );
     }
 

@@ -24,6 +24,8 @@ pub enum ResponseBody {
         lease: Option<Lease>,
         _in_flight: InFlight,
         _gauge: GaugeGuard,
+        /// A gRPC response whose `grpc-status` comes in the trailers.
+        grpc: Option<Box<super::grpc::Watch>>,
     },
     Local(Option<Bytes>),
     /// Either of the above, with its access log line (only with
@@ -64,8 +66,18 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body, lease, .. } => {
+            ResponseBody::Upstream {
+                body, lease, grpc, ..
+            } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(w) = grpc {
+                    match &frame {
+                        Poll::Ready(Some(Ok(f))) => w.frame(f),
+                        Poll::Ready(Some(Err(_))) => w.error(),
+                        Poll::Ready(None) => w.end(),
+                        Poll::Pending => {}
+                    }
+                }
                 match &frame {
                     Poll::Ready(None) => lease.take().map(Lease::release),
                     Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
@@ -131,11 +143,19 @@ impl Drop for ResponseBody {
     /// connection is released here then. A body dropped before its end (the
     /// client went away) takes its connection with it.
     fn drop(&mut self) {
-        if let ResponseBody::Upstream { body, lease, .. } = self
+        if let ResponseBody::Upstream {
+            body, lease, grpc, ..
+        } = self
             && body.is_end_stream()
-            && let Some(lease) = lease.take()
         {
-            lease.release();
+            if let Some(lease) = lease.take() {
+                lease.release();
+            }
+            // Ended without trailers; else the watch's drop counts the
+            // call as cancelled by the client.
+            if let Some(w) = grpc {
+                w.end();
+            }
         }
     }
 }

@@ -83,7 +83,13 @@ pub async fn forward<'t>(
         bytes_in,
     } = cx;
     let policy = &route.backends[backend].backend.retry;
-    let mut deadline = tokio::time::Instant::from_std(started) + w.shared.timeouts.request;
+    // A gRPC call's own deadline (`grpc-timeout`) when it is shorter.
+    let grpc = super::grpc::is_grpc(&parts.headers);
+    let timeout = match super::grpc::timeout(&parts.headers) {
+        Some(t) if grpc => t.min(w.shared.timeouts.request),
+        _ => w.shared.timeouts.request,
+    };
+    let mut deadline = tokio::time::Instant::from_std(started) + timeout;
     to_origin_form(&mut parts);
     // The client's body, bounded by `body_idle`; while the upstream is still
     // reading it, the request timeout waits (an upload takes what it takes).
@@ -100,7 +106,11 @@ pub async fn forward<'t>(
     let mut replay = None;
     // `Expect: 100-continue`: the body waits for the backend's word
     // (`expect.rs`), so it is never buffered for a replay.
-    let expects = !body.is_end_stream() && expect::expects_continue(&parts.headers);
+    // HTTP/2 backends send no `100 Continue` that hyper's client would
+    // report, so their body is never held.
+    let expects = !body.is_end_stream()
+        && endpoint.protocol == crate::config::Protocol::Http1
+        && expect::expects_continue(&parts.headers);
     let mut held = None;
     let body = if expects {
         held = Some(body);
@@ -208,6 +218,8 @@ pub async fn forward<'t>(
                 );
                 if gateway || (status.is_server_error() && this.backend.outlier.on_5xx) {
                     this.backend.report_failure(endpoint);
+                } else if grpc && status == StatusCode::OK {
+                    // Judged by its grpc-status (`grpc::Watch`).
                 } else {
                     endpoint.report_success();
                     this.backend.forgive(endpoint);

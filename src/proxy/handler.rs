@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use super::body::ResponseBody;
 use super::error::ProxyError;
 use super::forward::{Context, Failed, Sent, forward};
+use super::grpc;
 use super::headers;
 use super::request_id;
 use super::server::{ConnSlot, Shared};
@@ -64,6 +65,9 @@ pub async fn handle(
     // One lock-free load; this request finishes with this table even if a
     // reload publishes another meanwhile.
     let table = w.shared.table.load_full();
+    // A gRPC call is judged by its grpc-status, and the proxy's own errors
+    // are answered to it as gRPC.
+    let grpc = grpc::is_grpc(req.headers());
 
     // 0. The request's ID (kept or made, `request_id`), and with
     //    `[access_log]` the request's part of its line, written now while
@@ -102,6 +106,7 @@ pub async fn handle(
     let log = Log {
         id: &request_id,
         started,
+        grpc,
     };
 
     // 1. Framing: never forward a request whose length two headers disagree
@@ -286,18 +291,37 @@ pub async fn handle(
         .insert(request_id::X_REQUEST_ID.clone(), request_id.clone());
 
     // 7. Record, and stream the body back; the access log line is written
-    //    when the body ends.
-    served.metrics.record(
-        resp.status().as_u16(),
-        choice.overridden,
-        started.elapsed().as_secs_f64(),
-    );
+    //    when the body ends. A gRPC answer is judged by its grpc-status: in
+    //    the headers of a trailers-only answer, else when the trailers pass
+    //    (`grpc::Watch`).
+    let seconds = started.elapsed().as_secs_f64();
+    let mut watch = None;
+    if grpc && resp.status() == StatusCode::OK {
+        served.metrics.record_head(200, choice.overridden, seconds);
+        let judged = grpc::Watch {
+            metrics: served.metrics.clone(),
+            backend: served.backend.clone(),
+            endpoint: endpoint.clone(),
+            overridden: choice.overridden,
+            seconds,
+            done: false,
+        };
+        match grpc::status_of(resp.headers()) {
+            Some(code) => judged.judge_now(code),
+            None => watch = Some(Box::new(judged)),
+        }
+    } else {
+        served
+            .metrics
+            .record(resp.status().as_u16(), choice.overridden, seconds);
+    }
     resp.map(|body| {
         ResponseBody::Upstream {
             body,
             lease,
             _in_flight: in_flight,
             _gauge: gauge,
+            grpc: watch,
         }
         .logged(entry)
     })
@@ -307,6 +331,8 @@ pub async fn handle(
 struct Log<'a> {
     id: &'a HeaderValue,
     started: Instant,
+    /// A gRPC call: the proxy's own errors are answered as gRPC.
+    grpc: bool,
 }
 
 impl Log<'_> {
@@ -318,13 +344,20 @@ impl Log<'_> {
         entry: Option<Entry>,
         answer: Answer,
     ) -> Response<ResponseBody> {
-        let status = err.status().as_u16();
-        metrics.record(
-            status,
-            answer.overridden,
-            self.started.elapsed().as_secs_f64(),
-        );
-        let mut resp = err.response();
+        // What the client gets: a gRPC error is an HTTP 200.
+        let status = if self.grpc { 200 } else { err.status().as_u16() };
+        let seconds = self.started.elapsed().as_secs_f64();
+        let mut resp = if self.grpc {
+            // Trailers-only, HTTP 200; the evidence counts it as the HTTP
+            // status would (a 5xx of the proxy's is an error, a 4xx is not).
+            metrics.record_head(200, answer.overridden, seconds);
+            let error = err.status().is_server_error();
+            metrics.grpc(grpc::code_of(err), error, answer.overridden, seconds);
+            grpc::local_response(err)
+        } else {
+            metrics.record(status, answer.overridden, seconds);
+            err.response()
+        };
         resp.headers_mut()
             .insert(request_id::X_REQUEST_ID.clone(), self.id.clone());
         let entry = entry.and_then(|e| e.answer(&Answer { status, ..answer }, Some(err.code())));

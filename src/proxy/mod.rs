@@ -1,11 +1,13 @@
 //! The data plane: listening sockets (`listener`), worker threads (`server`), the
 //! per-connection IO wrapper (`io`), the request path (`handler`) with its
-//! header rules (`headers`), bodies (`body`), upgrades (`upgrade`) and the one
-//! place errors become responses (`error`).
+//! header rules (`headers`), bodies (`body`), upgrades (`upgrade`), gRPC
+//! status and deadlines (`grpc`) and the one place errors become responses
+//! (`error`).
 
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod grpc;
 pub mod handler;
 pub mod headers;
 pub mod io;

@@ -13,7 +13,9 @@ use prometheus::IntCounterVec;
 
 use super::budget::RetryBudget;
 use super::pool::Pools;
-use crate::config::{BackendSpec, Balance, EndpointSpec, OutlierSpec, RetrySpec, UpstreamTls};
+use crate::config::{
+    BackendSpec, Balance, EndpointSpec, OutlierSpec, Protocol, RetrySpec, UpstreamTls,
+};
 
 /// Milliseconds on a process-wide monotonic clock; never 0.
 pub fn now_ms() -> u64 {
@@ -45,6 +47,9 @@ pub struct Endpoint {
     /// How an `https://` endpoint is verified; fixed for the endpoint's
     /// life: a change of TLS settings makes a new endpoint (and pool).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTP/1.1 or HTTP/2 (`backends.NAME.protocol`); fixed for the
+    /// endpoint's life like `tls`.
+    pub protocol: Protocol,
 }
 
 impl Endpoint {
@@ -62,6 +67,7 @@ impl Endpoint {
             eject_gate: LogGate::default(),
             health_detail: Mutex::new("no active check".into()),
             tls: None,
+            protocol: Protocol::Http1,
         }
     }
 
@@ -284,12 +290,16 @@ impl Backend {
     }
 }
 
+/// Backend, address, TLS settings, protocol.
+type EndpointKey = (String, EndpointSpec, UpstreamTls, Protocol);
+
 /// Keeps one [`Endpoint`] per (backend, address) across reloads.
 #[derive(Debug)]
 pub struct EndpointRegistry {
     /// Keyed by TLS settings too: connections verified under other settings
     /// (another CA, verification turned on) are never reused.
-    known: Mutex<HashMap<(String, EndpointSpec, UpstreamTls), Arc<Endpoint>>>,
+    /// And by protocol: a connection speaks one.
+    known: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
     /// The client config of each TLS setting in use, set before each build.
     tls: Mutex<HashMap<UpstreamTls, Arc<rustls::ClientConfig>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
@@ -330,11 +340,19 @@ impl EndpointRegistry {
                     .endpoints
                     .iter()
                     .map(|spec| {
-                        let key = (b.name.clone(), spec.clone(), b.upstream_tls.clone());
+                        let key = (
+                            b.name.clone(),
+                            spec.clone(),
+                            b.upstream_tls.clone(),
+                            b.protocol,
+                        );
                         let ep = known.remove(&key).unwrap_or_else(|| {
                             let mut ep = Endpoint::new(spec.clone(), self.workers);
+                            ep.protocol = b.protocol;
                             if spec.scheme == http::uri::Scheme::HTTPS {
-                                ep.tls = tls.get(&b.upstream_tls).cloned();
+                                ep.tls = tls
+                                    .get(&b.upstream_tls)
+                                    .map(|c| super::connect::with_alpn(c, b.protocol));
                             }
                             ep.set_healthy(!b.health.as_ref().is_some_and(|h| h.start_unhealthy));
                             Arc::new(ep)
@@ -393,6 +411,7 @@ mod tests {
             },
             upstream_tls: Default::default(),
             max_connections: 1024,
+            protocol: Default::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
 use super::body::RequestBody;
-use super::connect::connect;
+use super::connect::{Connected, connect};
 use super::{Backend, Endpoint};
 use crate::config::{EndpointSpec, HealthSpec};
 
@@ -144,11 +144,18 @@ async fn check_once(uri: &Uri, ep: &Endpoint, spec: &HealthSpec) -> Result<Statu
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let check = async {
-        let mut sender = connect(&ep.spec, ep.tls.as_ref(), spec.timeout, ())
+        let connected = connect(&ep.spec, ep.tls.as_ref(), ep.protocol, spec.timeout, ())
             .await
             .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        Ok(resp.status())
+        let resp = match connected {
+            Connected::H1(mut sender) => sender.send_request(req).await,
+            Connected::H2(mut conn) => {
+                req.headers_mut().remove(header::CONNECTION);
+                crate::upstream::h2::to_h2(&mut req, &ep.spec.scheme, &ep.spec.authority);
+                conn.sender.send_request(req).await
+            }
+        };
+        Ok(resp.map_err(|e| e.to_string())?.status())
     };
     match tokio::time::timeout(spec.timeout, check).await {
         Ok(verdict) => verdict,

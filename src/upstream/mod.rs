@@ -1,5 +1,6 @@
 //! Upstreams: endpoint state shared across reloads (`endpoint`), opening
-//! connections (`connect`) and keeping them per worker (`pool`), and the
+//! connections (`connect`) and keeping them per worker (`pool`; HTTP/2 ones
+//! shared by streams, `h2`), and the
 //! request body sent on them (`body`).
 
 pub mod body;
@@ -7,6 +8,7 @@ pub mod budget;
 pub mod connect;
 pub mod endpoint;
 pub mod expect;
+pub mod h2;
 pub mod health;
 pub mod pool;
 

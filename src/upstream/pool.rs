@@ -14,8 +14,15 @@
 //! beyond either it gets [`UpstreamError::PoolFull`] (a 503). Every HTTP/2
 //! stream needs its own HTTP/1.1 upstream connection, so without the cap
 //! one client could open thousands.
+//!
+//! HTTP/2 endpoints (`protocol = "h2c" | "h2" | "auto"`, see `h2.rs`) share
+//! their connections instead: a request takes a stream on the first
+//! connection of the worker with room, else the worker opens another (one
+//! handshake at a time per worker, the others wait for it), still within
+//! `max_connections`. A connection closed or going away is skipped; a
+//! request it gives back unsent goes on the next one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +33,9 @@ use hyper::body::Incoming;
 
 use super::Endpoint;
 use super::body::RequestBody;
-use super::connect::{ConnectError, Sender, connect};
+use super::connect::{ConnectError, Connected, Sender, connect};
+use super::h2::{self, H2Conn, Stream};
+use crate::config::Protocol;
 
 /// How long an unused connection stays in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,7 +44,12 @@ const MAX_IDLE: usize = 1024;
 
 /// The idle connections of one endpoint, a list per worker.
 #[derive(Debug)]
-pub struct Pools(Box<[Slot]>);
+pub struct Pools {
+    slots: Box<[Slot]>,
+    /// `protocol = "auto"` and ALPN chose HTTP/1.1: connections open
+    /// concurrently again, as for `http1`.
+    auto_h1: AtomicBool,
+}
 
 /// One worker's list and counts, alone on their cache line.
 #[derive(Debug, Default)]
@@ -46,8 +60,13 @@ struct Slot {
     open: AtomicUsize,
     /// Requests waiting for one of them.
     waiting: AtomicUsize,
-    /// A connection came back to `idle` or closed.
+    /// A connection came back to `idle` or closed, an HTTP/2 stream ended,
+    /// or an HTTP/2 handshake finished.
     freed: Notify,
+    /// HTTP/2 connections, shared by the requests of the worker.
+    h2: Mutex<Vec<H2Conn>>,
+    /// HTTP/2 handshakes under way.
+    connecting: AtomicUsize,
 }
 
 /// Counts a connection as open until its connection task ends.
@@ -72,7 +91,28 @@ struct Idle {
 
 impl Pools {
     pub fn new(workers: usize) -> Pools {
-        Pools((0..workers.max(1)).map(|_| Slot::default()).collect())
+        Pools {
+            slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
+            auto_h1: AtomicBool::new(false),
+        }
+    }
+
+    /// A stream on the first live HTTP/2 connection of `worker` with room;
+    /// closed and idle ones are dropped on the way.
+    fn take_h2(&self, worker: usize) -> Option<(H2Conn, Stream)> {
+        let mut conns = self
+            .slot(worker)
+            .h2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        conns.retain(|c| !c.sender.is_closed() && !c.state.idled_out());
+        let c = conns.iter().find(|c| c.state.has_room())?;
+        Some((c.clone(), c.state.start_stream()))
+    }
+
+    fn put_h2(&self, worker: usize, conn: H2Conn) {
+        let slot = self.slot(worker);
+        slot.h2.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 
     /// The most recently used live connection of `worker`, if any.
@@ -106,7 +146,7 @@ impl Pools {
     }
 
     fn slot(&self, worker: usize) -> &Slot {
-        &self.0[worker % self.0.len()]
+        &self.slots[worker % self.slots.len()]
     }
 
     fn idle(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -122,31 +162,63 @@ impl Pools {
     }
 }
 
-/// A connection in use by one request.
+/// A connection in use by one request, or for HTTP/2 a stream on a shared
+/// one.
 #[derive(Debug)]
-pub struct Lease {
-    sender: Sender,
+pub struct Lease(Held);
+
+#[derive(Debug)]
+enum Held {
+    H1 {
+        sender: Sender,
+        endpoint: Arc<Endpoint>,
+        worker: usize,
+        reusable: bool,
+    },
+    H2 {
+        _stream: StreamLease,
+    },
+}
+
+/// An HTTP/2 stream; when it ends a request waiting for room is woken.
+#[derive(Debug)]
+struct StreamLease {
+    _stream: Stream,
     endpoint: Arc<Endpoint>,
     worker: usize,
-    reusable: bool,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        let slot = self.endpoint.pools.slot(self.worker);
+        if slot.waiting.load(Ordering::Relaxed) != 0 {
+            slot.freed.notify_one();
+        }
+    }
 }
 
 impl Lease {
     /// The request was cut short (its body not all sent, or not read by
-    /// the backend): the connection closes instead of going back.
+    /// the backend): the connection closes instead of going back. (An
+    /// HTTP/2 stream is reset on its own; the connection stays.)
     pub fn forbid_reuse(&mut self) {
-        self.reusable = false;
+        if let Held::H1 { reusable, .. } = &mut self.0 {
+            *reusable = false;
+        }
     }
 
     /// Gives the connection back once the response has been read to its end.
     /// It is nearly always ready again at once; if not, a small task waits.
     pub fn release(self) {
-        let Lease {
+        let Held::H1 {
             mut sender,
             endpoint,
             worker,
             reusable,
-        } = self;
+        } = self.0
+        else {
+            return;
+        };
         if !reusable {
             return;
         }
@@ -202,9 +274,10 @@ impl Client {
     }
 
     /// Sends `req` (origin-form URI, with its Host) to `endpoint` on an idle
-    /// connection, else a new one. An idle connection found closed before
-    /// anything was written is skipped without counting as a failure.
-    /// At most `max_connections` open per endpoint on this worker.
+    /// connection (HTTP/2: a shared one with room), else a new one. A
+    /// connection found closed before anything was written is skipped
+    /// without counting as a failure. At most `max_connections` open per
+    /// endpoint on this worker.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
@@ -212,9 +285,20 @@ impl Client {
         max_connections: usize,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let slot = endpoint.pools.slot(self.worker);
+        let multiplexed = endpoint.protocol != Protocol::Http1;
         let mut deadline = None;
         loop {
+            while multiplexed && let Some((conn, stream)) = endpoint.pools.take_h2(self.worker) {
+                match self.send_h2(endpoint, conn, stream, req).await {
+                    Err(SendError {
+                        unsent: Some(unsent),
+                        ..
+                    }) => req = unsent,
+                    done => return done,
+                }
+            }
             while let Some(mut sender) = endpoint.pools.take(self.worker) {
+                h2::to_h1(&mut req);
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok((resp, self.lease(sender, endpoint))),
                     Err(mut e) => match e.take_message() {
@@ -228,7 +312,12 @@ impl Client {
                     },
                 }
             }
-            if slot.open.load(Ordering::Relaxed) < max_connections {
+            // HTTP/2: while a handshake is under way, wait for it rather
+            // than open one connection per waiting request.
+            let handshaking = multiplexed
+                && slot.connecting.load(Ordering::Relaxed) != 0
+                && !endpoint.pools.auto_h1.load(Ordering::Relaxed);
+            if !handshaking && slot.open.load(Ordering::Relaxed) < max_connections {
                 break;
             }
             // Full: wait for a connection to come back or close. The worker
@@ -238,7 +327,7 @@ impl Client {
                 error: UpstreamError::PoolFull,
                 unsent: None,
             };
-            if slot.waiting.load(Ordering::Relaxed) >= max_connections {
+            if !handshaking && slot.waiting.load(Ordering::Relaxed) >= max_connections {
                 return Err(full);
             }
             let until =
@@ -255,25 +344,63 @@ impl Client {
             endpoint: endpoint.clone(),
             worker: self.worker,
         };
+        let handshake = multiplexed.then(|| Handshake::start(endpoint, self.worker));
         // Boxed: connecting (resolver, TLS handshake) is rare and its future
         // large; unboxed it would grow every request's future.
         let connecting = Box::pin(connect(
             &endpoint.spec,
             endpoint.tls.as_ref(),
+            endpoint.protocol,
             self.connect_timeout,
             open,
         ));
-        let mut sender = match connecting.await {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(SendError {
-                    error: e.into(),
-                    unsent: Some(req),
-                });
+        let connected = connecting.await;
+        drop(handshake);
+        match connected {
+            Ok(Connected::H1(mut sender)) => {
+                if endpoint.protocol == Protocol::Auto {
+                    endpoint.pools.auto_h1.store(true, Ordering::Relaxed);
+                }
+                h2::to_h1(&mut req);
+                match sender.try_send_request(req).await {
+                    Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
+                    Err(mut e) => Err(SendError {
+                        unsent: e.take_message(),
+                        error: e.into_error().into(),
+                    }),
+                }
             }
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
+            Ok(Connected::H2(conn)) => {
+                let stream = conn.state.start_stream();
+                endpoint.pools.put_h2(self.worker, conn.clone());
+                slot.freed.notify_waiters();
+                self.send_h2(endpoint, conn, stream, req).await
+            }
+            Err(e) => Err(SendError {
+                error: e.into(),
+                unsent: Some(req),
+            }),
+        }
+    }
+
+    /// One request as a stream of an HTTP/2 connection.
+    async fn send_h2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut conn: H2Conn,
+        stream: Stream,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        h2::to_h2(&mut req, &endpoint.spec.scheme, &endpoint.spec.authority);
+        let lease = Lease(Held::H2 {
+            _stream: StreamLease {
+                _stream: stream,
+                endpoint: endpoint.clone(),
+                worker: self.worker,
+            },
+        });
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, lease)),
             Err(mut e) => Err(SendError {
                 unsent: e.take_message(),
                 error: e.into_error().into(),
@@ -282,11 +409,40 @@ impl Client {
     }
 
     fn lease(&self, sender: Sender, endpoint: &Arc<Endpoint>) -> Lease {
-        Lease {
+        Lease(Held::H1 {
             sender,
             endpoint: endpoint.clone(),
             worker: self.worker,
             reusable: true,
+        })
+    }
+}
+
+/// An HTTP/2 handshake under way on a worker; when it ends, however it
+/// ends, the requests that waited for it look again.
+struct Handshake {
+    endpoint: Arc<Endpoint>,
+    worker: usize,
+}
+
+impl Handshake {
+    fn start(endpoint: &Arc<Endpoint>, worker: usize) -> Handshake {
+        endpoint
+            .pools
+            .slot(worker)
+            .connecting
+            .fetch_add(1, Ordering::Relaxed);
+        Handshake {
+            endpoint: endpoint.clone(),
+            worker,
         }
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let slot = self.endpoint.pools.slot(self.worker);
+        slot.connecting.fetch_sub(1, Ordering::Relaxed);
+        slot.freed.notify_waiters();
     }
 }
