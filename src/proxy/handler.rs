@@ -345,7 +345,11 @@ impl Log<'_> {
         answer: Answer,
     ) -> Response<ResponseBody> {
         // What the client gets: a gRPC error is an HTTP 200.
-        let status = if self.grpc { 200 } else { err.status().as_u16() };
+        let status = if self.grpc {
+            200
+        } else {
+            err.status().as_u16()
+        };
         let seconds = self.started.elapsed().as_secs_f64();
         let mut resp = if self.grpc {
             // Trailers-only, HTTP 200; the evidence counts it as the HTTP
