@@ -33,6 +33,11 @@ http = "{http}"
 [admin]
 listen = "{admin}"
 
+# A demo needs few connections; 1000 fits any open-file limit (README,
+# "Open files"), so the demo starts without a warning.
+[limits]
+max_connections = 1000
+
 # One line per request on this terminal (README, "Access log").
 [access_log]
 path = "stdout"
