@@ -8,7 +8,7 @@
 #
 # Environment:
 #   SCENARIO    basic (default) | sticky | routes | reload | idle | large |
-#               instructions
+#               instructions | h2
 #   ROUNDS      rounds per target, targets alternate A B C D each round (3)
 #   DURATION    length of each wrk / h2load run (10s)
 #   CONNS       concurrent connections (64)
@@ -63,6 +63,8 @@
 #           ulimit -n), and per connection
 #   instructions  instructions per request of each proxy under callgrind
 #           (1 worker each; needs valgrind): deterministic, for before/after
+#   h2      HTTP/2 upstreams: h2load (h2c) through cutover (protocol = "h2c"),
+#           nginx (grpc_pass) and haproxy (proto h2) to the backend's h2c port
 #
 # Output: ONE table, one row per target and protocol, with the median over
 # rounds of req/s, p50 and p99 latency (wrk; h2load reports no percentiles,
@@ -853,10 +855,89 @@ scenario_instructions() {
 
 # ---------------------------------------------------------------- main
 
+# HTTP/2 to the backend: h2load (h2c) through each proxy to the backend's
+# h2c port. cutover: protocol = "h2c"; haproxy: server ... proto h2; nginx:
+# grpc_pass (its only HTTP/2 upstream; proxy_pass speaks HTTP/1.x only),
+# shown as n/a if it does not answer a plain GET that way.
+scenario_h2() {
+  local h2c=$'[backends.h2]\nendpoints = ["127.0.0.1:'"$BACKEND_H2_PORT"$'"]\nprotocol = "h2c"\n[[routes]]\nname = "app"\nweights = { h2 = 100 }'
+  start_cutover cutover "$h2c"
+  local dir="$TMP/nginx-h2" specs=() nginx_pids haproxy_pids
+  NGINX_H2_PORT=$(free_port)
+  mkdir -p "$dir/temp"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $PROXY_WORKERS;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $NGINX_CONNS; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path $dir/temp/body;
+  upstream backend_h2 {
+    server 127.0.0.1:$BACKEND_H2_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_H2_PORT http2;
+    location / { grpc_pass grpc://backend_h2; }
+  }
+}
+EOF
+  start_bg "$dir/stderr.log" nginx -e "$dir/error.log" -p "$dir/" -c "$dir/nginx.conf"
+  NGINX_PID=$LAST_PID
+  dir="$TMP/haproxy-h2"
+  HAPROXY_H2_PORT=$(free_port)
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread $PROXY_WORKERS
+  maxconn $HAPROXY_MAXCONN
+defaults
+  mode http
+  http-reuse always
+  timeout connect 5s
+  timeout client $HAPROXY_TIMEOUT
+  timeout server $HAPROXY_TIMEOUT
+frontend fe
+  bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND_H2_PORT proto h2
+EOF
+  haproxy -c -q -f "$dir/haproxy.cfg" || die "haproxy rejected $dir/haproxy.cfg"
+  start_bg "$dir/haproxy.log" haproxy -db -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
+  HAPROXY_PID=$LAST_PID
+  local target name url pids tries
+  for target in "direct|http://127.0.0.1:$BACKEND_H2_PORT/|-" \
+    "cutover|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID" \
+    "nginx|http://127.0.0.1:$NGINX_H2_PORT/|NGINX" \
+    "haproxy|http://127.0.0.1:$HAPROXY_H2_PORT/|HAPROXY"; do
+    IFS='|' read -r name url pids <<<"$target"
+    for ((tries = 0; tries < 50; tries++)); do
+      curl -fsS -o /dev/null --http2-prior-knowledge "$url" 2>/dev/null && break
+      sleep 0.1
+    done
+    [[ $pids == NGINX ]] && pids=$(proc_tree "$NGINX_PID" | tr '\n' ' ')
+    [[ $pids == HAPROXY ]] && pids=$(proc_tree "$HAPROXY_PID" | tr '\n' ' ')
+    if curl -fsS -o /dev/null --http2-prior-knowledge "$url"; then
+      specs+=("$name|h2c|$url|$pids|")
+    else
+      log "$name does not answer GET / over an HTTP/2 upstream on $url: n/a"
+      printf '%s\th2c\n' "$name" >>"$NA_FILE"
+    fi
+  done
+  run_matrix "${specs[@]}"
+  summarize "scenario h2 (h2c client, h2c backend): $ROUNDS rounds x $DURATION, $CONNS connections, $H2_STREAMS stream/conn" \
+    "cutover|nginx" "cutover|haproxy" "cutover|direct"
+}
+
 main() {
   case $SCENARIO in
-    basic | sticky | routes | reload | idle | large | instructions) ;;
-    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions)" ;;
+    basic | sticky | routes | reload | idle | large | instructions | h2) ;;
+    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions|h2)" ;;
   esac
   check_tools
   build_cutover

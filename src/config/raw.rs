@@ -33,6 +33,17 @@ pub struct RawConfig {
     pub rollout: RawRolloutGlobal,
     /// `[access_log]`: one line per request; off without it.
     pub access_log: Option<Spanned<RawAccessLog>>,
+    /// `[grpc]`: how gRPC answers are judged.
+    #[serde(default)]
+    pub grpc: RawGrpc,
+}
+
+/// `[grpc]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpc {
+    /// Statuses that count as errors, by name or number.
+    pub error_codes: Option<Spanned<Vec<Spanned<toml::Value>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,7 +174,13 @@ pub struct RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    pub path: Str,
+    /// Required unless `grpc = true`.
+    pub path: Option<Str>,
+    /// Check with the gRPC health protocol (`grpc.health.v1.Health/Check`).
+    #[serde(default)]
+    pub grpc: bool,
+    /// The service the gRPC check asks about; "" (the default): the server.
+    pub service: Option<Str>,
     pub interval: Option<Str>,
     pub timeout: Option<Str>,
     pub healthy_threshold: Option<Spanned<i64>>,

@@ -23,6 +23,9 @@ pub enum RequestBody {
     /// The client's body, held until the backend answers `100 Continue`.
     Expecting(Box<super::expect::Held>),
     Buffered(Option<Bytes>),
+    /// The client's body, kept as it is sent so that it can be sent again
+    /// (`replay.rs`).
+    Replayable(Box<super::replay::Recording>),
     Empty,
 }
 
@@ -173,6 +176,7 @@ impl Body for RequestBody {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Expecting(h) => h.poll_frame(cx),
             RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Replayable(r) => Pin::new(&mut **r).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -182,6 +186,7 @@ impl Body for RequestBody {
             RequestBody::Streaming(b) => b.is_end_stream(),
             RequestBody::Expecting(h) => h.is_end_stream(),
             RequestBody::Buffered(b) => b.is_none(),
+            RequestBody::Replayable(r) => r.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -193,6 +198,7 @@ impl Body for RequestBody {
             RequestBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
+            RequestBody::Replayable(r) => r.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

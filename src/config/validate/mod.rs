@@ -29,6 +29,7 @@ use super::{
 };
 
 mod backends;
+mod grpc;
 mod release;
 mod routes;
 mod values;
@@ -236,11 +237,15 @@ impl Validator<'_> {
                 b.get_ref().clone()
             }
         };
+        let grpc_errors = self.grpc_error_codes(&raw.grpc);
         let backends: Vec<BackendSpec> = raw
             .backends
             .get_ref()
             .iter()
-            .map(|(name, b)| self.backend(name, b))
+            .map(|(name, b)| BackendSpec {
+                grpc_errors,
+                ..self.backend(name, b)
+            })
             .collect();
         if backends.is_empty() {
             self.error(
