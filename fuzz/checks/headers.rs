@@ -76,7 +76,7 @@ fn value(input: &mut Input<'_>) -> Option<HeaderValue> {
         let n = NAMES[input.choose(NAMES.len())];
         let upper = input.u8();
         v.extend(n.bytes().enumerate().map(|(j, b)| {
-            if upper >> (j % 8) & 1 == 1 {
+            if (upper >> (j % 8)) & 1 == 1 {
                 b.to_ascii_uppercase()
             } else {
                 b

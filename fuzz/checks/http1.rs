@@ -38,6 +38,8 @@ const DEADLINE: Duration = Duration::from_secs(3);
 /// One request as the backend received it.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// Arrival order at the backend, to find the record again.
+    seq: u64,
     /// The last `X-Forwarded-For` element: which input sent it.
     client: Option<String>,
     method: String,
@@ -132,22 +134,29 @@ async fn serve_backend(listener: std::net::TcpListener, seen: Arc<Mutex<Vec<Seen
                         .get("x-forwarded-for")
                         .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
                         .map(|v| String::from_utf8_lossy(v.trim_ascii()).into_owned());
-                    let index = {
+                    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+                    {
                         let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
                         s.push(Seen {
+                            seq,
                             client,
                             method: req.method().to_string(),
                             path: req.uri().path().to_owned(),
                             body: None,
                         });
-                        s.len() - 1
-                    };
+                    }
                     let body = tokio::time::timeout(DEADLINE, req.into_body().collect()).await;
                     let body = match body {
                         Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
                         _ => Err(()),
                     };
-                    seen.lock().unwrap_or_else(|p| p.into_inner())[index].body = Some(body);
+                    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    // Gone if the check gave up waiting for it.
+                    if let Some(r) = s.iter_mut().find(|r| r.seq == seq) {
+                        r.body = Some(body);
+                    }
+                    drop(s);
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
                         b"ok",
                     ))))
@@ -177,7 +186,7 @@ pub fn check(data: &[u8]) {
         let seen = h.seen.lock().unwrap_or_else(|p| p.into_inner());
         let mine: Vec<Seen> = seen
             .iter()
-            .filter(|s| s.client.as_deref() == Some(&client) || s.client.is_none())
+            .filter(|s| s.client.as_deref() == Some(client.as_str()) || s.client.is_none())
             .cloned()
             .collect();
         if mine.iter().all(|s| s.body.is_some()) || Instant::now() > until {
@@ -189,7 +198,7 @@ pub fn check(data: &[u8]) {
     h.seen
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .retain(|s| s.client.as_deref() != Some(&client) && s.client.is_some());
+        .retain(|s| s.client.as_deref() != Some(client.as_str()) && s.client.is_some());
 
     let framed = frame(data);
     let mut next = framed.iter();
