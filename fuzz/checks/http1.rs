@@ -362,5 +362,5 @@ fn chunked(data: &[u8]) -> Option<(Vec<u8>, usize)> {
 /// The offset of the first CRLF; `None` if a bare LF comes first or none.
 fn find_crlf(data: &[u8]) -> Option<usize> {
     let lf = data.iter().position(|b| *b == b'\n')?;
-    (lf > 0 && data[lf - 1] == b'\r').then(|| lf - 1)
+    lf.checked_sub(1).filter(|&cr| data[cr] == b'\r')
 }
