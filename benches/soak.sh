@@ -262,8 +262,8 @@ T0=$(date +%s)
 END=$((T0 + SOAK_MINUTES * 60))
 i=0
 curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/m.0"
+start=$T0
 while (($(date +%s) < END)); do
-  start=$(date +%s)
   wrk_window "$LOAD_CONNS" "$TMP/w.$i" &
   wrk_pid=$!
   sleep $((WINDOW / 2))
@@ -272,8 +272,11 @@ while (($(date +%s) < END)); do
   i=$((i + 1))
   curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/m.$i" || cp "$TMP/m.$((i - 1))" "$TMP/m.$i"
   kill -0 "$CUTOVER_PID" 2>/dev/null || die "cutover exited: $(tail -5 "$TMP/cutover.log")"
+  # Windows tile the time, so each event lands in exactly one row.
+  end=$(date +%s)
   TARGET_RPS=$TARGET sample "$TMP/w.$((i - 1))" "$TMP/m.$((i - 1))" "$TMP/m.$i" \
-    "$start" "$(date +%s)" "$TMP/snapshot"
+    "$start" "$end" "$TMP/snapshot"
+  start=$end
   rm -f "$TMP/m.$((i - 1))"
   if ((i == 1)); then
     # One correction of the connection count from the rate reached.
