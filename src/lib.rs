@@ -21,4 +21,5 @@ pub mod rollout;
 pub mod routing;
 pub mod status;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;

@@ -28,6 +28,12 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listening sockets of the Cutover running with this
+        /// config (via server.upgrade_socket), then let it drain: a new
+        /// binary without a refused connection. Exit 2: none is running;
+        /// 3: another upgrade is under way.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: exit 0 if valid, 1 with file:line:col errors if not.
     /// Secrets that cannot be read here (`*_file`, `*_env`) are warnings.
@@ -135,7 +141,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Report { .. } => Ok(()),
-        Command::Run { config } => cutover::app::run(&config),
+        Command::Run { config, upgrade } => cutover::app::run_with(&config, upgrade),
         Command::Check { config, strict } => check(&config, strict),
         Command::Demo {
             http,
@@ -162,7 +168,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let upgrade = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<cutover::upgrade::UpgradeError>());
+            upgrade.map_or(ExitCode::FAILURE, |u| ExitCode::from(u.exit_code()))
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Config {
     /// On SIGTERM, how long `/readyz` says 503 before the listeners close,
     /// so load balancers stop sending first (`server.drain_delay`).
     pub drain_delay: std::time::Duration,
+    /// `server.upgrade_socket`: where `cutover run --upgrade` finds this
+    /// process; `None`: derived from the config path ([`crate::upgrade`]).
+    pub upgrade_socket: Option<PathBuf>,
     pub metric_buckets: Vec<f64>,
     /// Sorted by name.
     pub backends: Vec<BackendSpec>,

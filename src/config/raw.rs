@@ -144,6 +144,7 @@ pub struct RawLimits {
 pub struct RawServer {
     pub workers: Option<Spanned<i64>>,
     pub drain_delay: Option<Str>,
+    pub upgrade_socket: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

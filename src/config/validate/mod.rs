@@ -222,6 +222,15 @@ impl Validator<'_> {
             }
             d => self.duration("server.drain_delay", d, 2),
         };
+        let upgrade_socket = raw.server.upgrade_socket.as_ref().map(|p| {
+            let path = self.dir.join(p.get_ref());
+            // sun_path holds 108 bytes; the new process binds `PATH.PID.tmp`.
+            if p.get_ref().is_empty() || path.as_os_str().len() > crate::upgrade::MAX_PATH {
+                let max = crate::upgrade::MAX_PATH;
+                self.error(p, format!("server.upgrade_socket: must be a path of 1 to {max} bytes (a Unix socket path)"));
+            }
+            path
+        });
         let metric_buckets = match &raw.metrics.buckets {
             None => DEFAULT_BUCKETS.to_vec(),
             Some(b) => {
@@ -289,6 +298,7 @@ impl Validator<'_> {
             limits,
             workers,
             drain_delay,
+            upgrade_socket,
             metric_buckets,
             backends,
             routes,
