@@ -99,7 +99,7 @@ pub fn code_of(err: ProxyError) -> u8 {
             DEADLINE_EXCEEDED
         }
         ProxyError::Upstream(_) => UNAVAILABLE,
-        ProxyError::NoRoute => UNIMPLEMENTED,
+        ProxyError::NoRoute | ProxyError::Connect => UNIMPLEMENTED,
         ProxyError::AmbiguousFraming
         | ProxyError::UnsupportedTransferCoding
         | ProxyError::BadHost

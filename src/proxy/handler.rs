@@ -109,7 +109,14 @@ pub async fn handle(
         grpc,
     };
 
-    // 1. Framing: never forward a request whose length two headers disagree
+    // 1. CONNECT asks for a forward proxy's tunnel (RFC 9110 §9.3.6): there
+    //    is none here, and a backend's 2xx to it would leave hyper holding
+    //    the client connection as upgraded, answering nothing.
+    if req.method() == http::Method::CONNECT {
+        let err = ProxyError::Connect;
+        return log.local(&table.unmatched, err, entry, Answer::default());
+    }
+    //    Framing: never forward a request whose length two headers disagree
     //    on (RFC 9112 §6.1); hyper already rejects bad chunked lists and
     //    differing Content-Lengths with 400.
     if req.headers().contains_key(header::TRANSFER_ENCODING)
