@@ -11,5 +11,6 @@ pub mod expect;
 pub mod h2;
 pub mod health;
 pub mod pool;
+pub mod tee;
 
 pub use endpoint::{Backend, Endpoint, EndpointRegistry};

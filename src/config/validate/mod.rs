@@ -31,6 +31,7 @@ use super::{
 mod backends;
 mod release;
 mod routes;
+mod shadow;
 mod values;
 
 pub use backends::parse_endpoint;
