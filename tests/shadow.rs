@@ -147,38 +147,24 @@ async fn shadow_doc(p: &Proxy) -> Value {
 
 /// Waits until every copy sent so far has been compared or failed.
 async fn settled(p: &Proxy, sent: f64) -> String {
-    let mut text = String::new();
-    let ok = eventually(Duration::from_secs(20), || async {
-        text = p.metrics().await;
-        let l = [("route", "app"), ("backend", "green")];
-        let done = metric(
-            &text,
-            "cutover_shadow_requests_total",
-            &[l[0], l[1], ("result", "sent")],
-        ) + metric(
-            &text,
-            "cutover_shadow_requests_total",
-            &[l[0], l[1], ("result", "error")],
-        ) + metric(
-            &text,
-            "cutover_shadow_requests_total",
-            &[l[0], l[1], ("result", "dropped")],
-        ) + metric(
-            &text,
-            "cutover_shadow_requests_total",
-            &[l[0], l[1], ("result", "skipped")],
-        );
-        done >= sent
-            && metric(&text, "cutover_shadow_compared_total", &l)
-                >= metric(
-                    &text,
-                    "cutover_shadow_requests_total",
-                    &[l[0], l[1], ("result", "sent")],
-                )
-    })
-    .await;
-    assert!(ok, "copies did not settle: {text}");
-    text
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = p.metrics().await;
+        let got = |r: &str| {
+            metric(
+                &text,
+                "cutover_shadow_requests_total",
+                &[("route", "app"), ("backend", "green"), ("result", r)],
+            )
+        };
+        let done = got("sent") + got("error") + got("dropped") + got("skipped");
+        let compared = metric(&text, "cutover_shadow_compared_total", &[("route", "app")]);
+        if done >= sent && compared >= got("sent") {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "copies did not settle: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn classes(doc: &Value) -> Vec<(String, u64, f64)> {
@@ -394,13 +380,15 @@ async fn a_slow_or_dead_green_does_not_slow_the_client_and_its_errors_count() {
         "{text}"
     );
     // The errors are the shadow comparison's evidence.
-    let mut shadow = Value::Null;
-    let seen = eventually(Duration::from_secs(10), || async {
-        shadow = analysis_shadow(&down).await;
-        shadow["comparisons"][0]["errors"] == 50
-    })
-    .await;
-    assert!(seen, "{shadow:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shadow = loop {
+        let shadow = analysis_shadow(&down).await;
+        if shadow["comparisons"][0]["errors"] == 50 {
+            break shadow;
+        }
+        assert!(Instant::now() < deadline, "{shadow:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(shadow["baseline"], "blue");
     assert_eq!(shadow["comparisons"][0]["backend"], "green");
     assert_eq!(shadow["comparisons"][0]["baseline_errors"], 0);
