@@ -88,7 +88,7 @@ impl Shadow {
         backend: Arc<Backend>,
         book: &Arc<ShadowMetrics>,
     ) -> Shadow {
-        let threshold = (spec.sample < 1.0).then(|| (spec.sample * u64::MAX as f64) as u64);
+        let threshold = (spec.sample < 1.0).then_some((spec.sample * u64::MAX as f64) as u64);
         Shadow {
             counts: book.counts(route, &spec.backend),
             evidence: book.evidence(route, &spec.backend),
