@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod report;
 pub mod rollout;
 pub mod routing;
+pub mod shadow;
 pub mod status;
 pub mod tls;
 pub mod upgrade;

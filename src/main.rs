@@ -180,6 +180,11 @@ fn main() -> ExitCode {
 /// only where the proxy runs: a warning unless `strict`.
 fn check(path: &std::path::Path, strict: bool) -> anyhow::Result<()> {
     let (_, mut config) = cutover::config::read(path)?;
+    for w in config.routes.iter().filter_map(|r| r.shadow.as_ref()) {
+        for line in &w.warnings {
+            eprintln!("warning: {line}");
+        }
+    }
     match cutover::config::secrets::resolve(&mut config) {
         Ok(()) => {}
         Err(e) if strict => return Err(e.into()),

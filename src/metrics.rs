@@ -102,6 +102,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// `cutover_grpc_responses_total{route,backend,grpc_status}`.
     grpc_responses: IntCounterVec,
+    /// `cutover_shadow_*` and what `/admin/shadow` shows (`crate::shadow`).
+    pub shadow: Arc<crate::shadow::ShadowMetrics>,
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -325,7 +327,9 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process metrics register once");
+        let shadow = Arc::new(crate::shadow::ShadowMetrics::new(&registry, buckets));
         Metrics {
+            shadow,
             registry,
             requests,
             duration,

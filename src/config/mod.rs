@@ -301,6 +301,8 @@ pub struct RouteSpec {
     pub rollout: Option<RolloutSpec>,
     /// The route's `analysis` table: how its backends are compared.
     pub analysis: AnalysisSpec,
+    /// `shadow = { ... }`: mirroring to another backend (`crate::shadow`).
+    pub shadow: Option<crate::shadow::ShadowSpec>,
 }
 
 /// A route's A/B comparison settings (`[routes.analysis]`).

@@ -89,6 +89,8 @@ pub struct Context<'a> {
     pub started: Instant,
     pub request_id: &'a str,
     pub bytes_in: Option<Arc<AtomicU64>>,
+    /// A copy of the body for a shadow request (`crate::shadow`).
+    pub tee: Option<crate::upstream::tee::Tee>,
 }
 
 pub async fn forward<'t>(
@@ -104,6 +106,7 @@ pub async fn forward<'t>(
         started,
         request_id,
         bytes_in,
+        tee,
     } = cx;
     let policy = &route.backends[backend].backend.retry;
     // A gRPC call's own deadline (`grpc-timeout`) when it is shorter.
@@ -120,6 +123,9 @@ pub async fn forward<'t>(
     let mut body = ClientBody::new(body, body_idle);
     if let Some(counter) = bytes_in {
         body.count_into(counter);
+    }
+    if let Some(tee) = tee {
+        body.tee_into(tee);
     }
     let uploading = (!body.is_end_stream()).then(|| body.polled());
     // A request that never reached a backend comes back whole from the pool,

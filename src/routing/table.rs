@@ -56,6 +56,8 @@ pub struct Route {
     /// How the backends are compared (`analysis`); the evidence handles are
     /// in each backend's `metrics`.
     pub analysis: crate::config::AnalysisSpec,
+    /// `shadow = { ... }`: copies of sampled requests (`crate::shadow`).
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 pub struct RouteBackend {
@@ -135,6 +137,14 @@ impl RoutingTable {
                         })
                         .collect(),
                     analysis: spec.analysis.clone(),
+                    shadow: spec.shadow.as_ref().map(|s| {
+                        Arc::new(crate::shadow::Shadow::new(
+                            &spec.name,
+                            s,
+                            by_name(&s.backend),
+                            &metrics.shadow,
+                        ))
+                    }),
                 }
             })
             .collect();

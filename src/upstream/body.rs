@@ -70,6 +70,8 @@ pub struct ClientBody {
     polled: Option<Arc<AtomicU64>>,
     /// Bytes read, for the access log (`count_into`).
     counted: Option<Arc<AtomicU64>>,
+    /// A copy for a shadow request (`tee_into`).
+    tee: Option<super::tee::Tee>,
 }
 
 impl ClientBody {
@@ -81,7 +83,13 @@ impl ClientBody {
             moved: true,
             polled: None,
             counted: None,
+            tee: None,
         }
+    }
+
+    /// Copies the body into `tee` as it is read (`shadow`).
+    pub fn tee_into(&mut self, tee: super::tee::Tee) {
+        self.tee = Some(tee);
     }
 
     /// Adds the bytes of every data frame read to `counter`.
@@ -130,8 +138,18 @@ impl Body for ClientBody {
                 {
                     c.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                if let Some(t) = &mut this.tee {
+                    match &frame {
+                        Some(Ok(f)) => t.data(f.data_ref().map_or(&[][..], |d| &d[..])),
+                        Some(Err(_)) => t.abandon(),
+                        None => {}
+                    }
+                }
                 if frame.is_none() || this.body.is_end_stream() {
                     this.ended();
+                    if let Some(t) = &mut this.tee {
+                        t.end();
+                    }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Client)))
             }

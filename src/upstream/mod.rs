@@ -13,5 +13,6 @@ pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod replay;
+pub mod tee;
 
 pub use endpoint::{Backend, Endpoint, EndpointRegistry};

@@ -32,6 +32,7 @@ mod backends;
 mod grpc;
 mod release;
 mod routes;
+mod shadow;
 mod values;
 
 pub use backends::parse_endpoint;
