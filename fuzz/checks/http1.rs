@@ -287,13 +287,24 @@ fn frame(data: &[u8]) -> Vec<Framed> {
         let body_start = &rest[n..];
         let (body, used) = if !te.is_empty() {
             let single_chunked = te.len() == 1 && te[0].eq_ignore_ascii_case(b"chunked");
-            if !lengths.is_empty() || !single_chunked {
+            if !single_chunked {
                 return out;
             }
-            match chunked(body_start) {
-                Some(x) => x,
-                None => return out,
+            let Some(x) = chunked(body_start) else {
+                return out;
+            };
+            if !lengths.is_empty() {
+                // RFC 9112 §6.1 lets a server process it by its
+                // Transfer-Encoding (hyper drops the Content-Length), but
+                // it must close the connection after: nothing may follow.
+                out.push(Framed {
+                    method: method.to_owned(),
+                    path: uri.path().to_owned(),
+                    body: x.0,
+                });
+                return out;
             }
+            x
         } else if let Some(first) = lengths.first() {
             let Some(len) = *first else { return out };
             if lengths.iter().any(|l| *l != Some(len)) || body_start.len() < len {
