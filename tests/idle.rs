@@ -142,13 +142,15 @@ async fn an_idle_keep_alive_connection_costs_under_8_kib() {
 }
 
 /// 2,000 idle connections (one request each), then all closed: the proxy
-/// gives the memory back. Its RSS falls back to within a quarter of what
-/// the connections added (measured with jemalloc: MEASURED_JE; with glibc's
-/// malloc nothing comes back: MEASURED_GLIBC, the freed chunks stay mapped
-/// between live ones). A quarter leaves room for what jemalloc keeps on
-/// purpose (its per-thread caches, a few hundred KiB, and pages freed less
-/// than `dirty_decay_ms` before the check), and is far from glibc's 100%.
-/// The connections must add at least 2 MiB, so the check means something.
+/// gives the memory back. Its RSS falls back to within half of what the
+/// connections added. Measured the same way (release build, sequential
+/// connections): jemalloc +2,368 KiB, of which 700 KiB (30%) remained 2 s
+/// after the close (per-thread caches, tokio's and jemalloc's bookkeeping
+/// kept at their high-water mark); glibc's malloc +3,168 KiB, all of it
+/// still there after 10 s (the freed chunks stay mapped between live
+/// ones). Half sits between the two with room for noise on either side.
+/// The connections must add at least 1 MiB (measured 2.3), so the check
+/// means something.
 #[tokio::test]
 async fn memory_of_closed_connections_is_given_back() {
     const N: usize = 2000;
@@ -168,15 +170,15 @@ async fn memory_of_closed_connections_is_given_back() {
     }
     let peak = p.rss_kib();
     let added = peak.saturating_sub(before);
-    assert!(added > 2048, "{N} connections added only {added} KiB");
+    assert!(added > 1024, "{N} connections added only {added} KiB");
     drop(conns);
-    let bound = before + added / 4;
+    let bound = before + added / 2;
     let given_back =
         common::eventually(Duration::from_secs(10), || async { p.rss_kib() <= bound }).await;
     let after = p.rss_kib();
     assert!(
         given_back,
         "RSS {before} KiB before, {peak} with {N} idle connections, {after} after they closed \
-         (bound {bound}: a quarter of what they added)"
+         (bound {bound}: half of what they added)"
     );
 }
