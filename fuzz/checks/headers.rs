@@ -163,7 +163,7 @@ pub fn check(data: &[u8]) {
     }
     if let Some(p) = &upgrade {
         assert_eq!(values(&h, "connection"), ["upgrade"]);
-        assert_eq!(values(&h, "upgrade"), [p.clone()]);
+        assert_eq!(values(&h, "upgrade"), std::slice::from_ref(p));
         assert!(
             !p.as_bytes()
                 .split(|b| *b == b',')

@@ -13,8 +13,11 @@ pub mod http1;
 pub mod input;
 pub mod routing;
 
+/// A target's invariant check over one input.
+pub type Check = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder (`fuzz/corpus/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("config", config::check),
     ("cookie", cookie::check),
     ("headers", headers::check),
