@@ -869,7 +869,7 @@ async fn grpc_error_codes_are_configurable() {
 #[test]
 fn bad_grpc_error_codes_are_rejected_at_their_location() {
     let dir = tempfile::tempdir().unwrap();
-    for (bad, col) in [("\"NOT_A_CODE\"", 30), ("17", 30), ("-1", 30)] {
+    for (bad, col) in [("\"NOT_A_CODE\"", 31), ("17", 31), ("-1", 31)] {
         let path = dir.path().join("cutover.toml");
         std::fs::write(
             &path,
