@@ -517,6 +517,44 @@ async fn a_full_queue_drops_and_counts() {
     assert!(got("sent") >= 2.0, "{text}");
 }
 
+/// A shadow that never answers holds a queue slot for `timeout`, no longer:
+/// the copies in flight end as `error` once it passes, and the freed slots
+/// take new copies (without the deadline the queue would stay full forever
+/// and every later copy would be dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_that_never_answers_frees_its_queue_slot_after_timeout() {
+    let blue = App::start(blue_script).await;
+    let stuck = App::start(|_, _, _| (200, "{}".into(), Duration::from_secs(3600))).await;
+    let p = Proxy::start(&format!(
+        "{}[server]\nworkers = 1\n",
+        config(
+            &[blue.addr],
+            stuck.addr,
+            r#"shadow = { backend = "green", queue = 2, timeout = "2s" }"#
+        )
+    ))
+    .await;
+    let started = Instant::now();
+    load(&p, 2, 1).await;
+    load(&p, 2, 1).await;
+    let got = |text: &str, r| metric(text, "cutover_shadow_requests_total", &[("result", r)]);
+    let text = settled(&p, 4.0).await;
+    // The first two are in flight until their deadline; the next two found
+    // the queue full.
+    assert_eq!(got(&text, "dropped"), 2.0, "{text}");
+    assert_eq!(got(&text, "error"), 2.0, "{text}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "errors after {waited:?}, before the 2 s timeout");
+    assert!(waited < Duration::from_secs(12), "errors only after {waited:?}");
+    assert_eq!(stuck.hits(), 2);
+    // Both slots are free again: two more copies go out and time out too.
+    load(&p, 2, 1).await;
+    let text = settled(&p, 6.0).await;
+    assert_eq!(got(&text, "error"), 4.0, "{text}");
+    assert_eq!(got(&text, "dropped"), 2.0, "{text}");
+    assert_eq!(stuck.hits(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn post_is_mirrored_only_when_listed_and_check_warns() {
     let blue = App::start(|_, _, body| {
