@@ -544,8 +544,14 @@ async fn a_shadow_that_never_answers_frees_its_queue_slot_after_timeout() {
     assert_eq!(got(&text, "dropped"), 2.0, "{text}");
     assert_eq!(got(&text, "error"), 2.0, "{text}");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(2), "errors after {waited:?}, before the 2 s timeout");
-    assert!(waited < Duration::from_secs(12), "errors only after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "errors after {waited:?}, before the 2 s timeout"
+    );
+    assert!(
+        waited < Duration::from_secs(12),
+        "errors only after {waited:?}"
+    );
     assert_eq!(stuck.hits(), 2);
     // Both slots are free again: two more copies go out and time out too.
     load(&p, 2, 1).await;

@@ -305,8 +305,11 @@ impl Client {
         let multiplexed = endpoint.protocol != Protocol::Http1;
         let mut deadline = None;
         loop {
+            // `send_h2` boxed here and below: its future would otherwise
+            // be inlined twice into this one, which every HTTP/1 request
+            // carries (and moves) too.
             while multiplexed && let Some((conn, stream)) = endpoint.pools.take_h2(self.worker) {
-                match self.send_h2(endpoint, conn, stream, req).await {
+                match Box::pin(self.send_h2(endpoint, conn, stream, req)).await {
                     Err(SendError {
                         unsent: Some(unsent),
                         ..
@@ -340,12 +343,12 @@ impl Client {
             // Full: wait for a connection to come back or close. The worker
             // is one thread, so nothing frees one between the check above
             // and this wait; a stale wake-up just loops.
-            let full = SendError {
+            let full = || SendError {
                 error: UpstreamError::PoolFull,
                 unsent: None,
             };
             if !handshaking && slot.waiting.load(Ordering::Relaxed) >= max_connections {
-                return Err(full);
+                return Err(full());
             }
             let until =
                 *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.connect_timeout);
@@ -353,7 +356,7 @@ impl Client {
             let woke = tokio::time::timeout_at(until, slot.freed.notified()).await;
             slot.waiting.fetch_sub(1, Ordering::Relaxed);
             if woke.is_err() {
-                return Err(full);
+                return Err(full());
             }
         }
         slot.open.fetch_add(1, Ordering::Relaxed);
@@ -391,7 +394,7 @@ impl Client {
                 let stream = conn.state.start_stream();
                 endpoint.pools.put_h2(self.worker, conn.clone());
                 slot.freed.notify_waiters();
-                self.send_h2(endpoint, conn, stream, req).await
+                Box::pin(self.send_h2(endpoint, conn, stream, req)).await
             }
             Err(e) => Err(SendError {
                 error: e.into(),
