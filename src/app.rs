@@ -36,6 +36,9 @@ pub struct App {
     generation: AtomicU64,
     last_error: Mutex<Option<String>>,
     draining: AtomicBool,
+    /// Set at an upgrade's handover: the new process runs the control
+    /// plane; a reload or rollout tick already under way here does nothing.
+    control_stopped: AtomicBool,
     /// Reloads from SIGHUP and the watcher run one at a time.
     reloading: Mutex<()>,
     /// The HTTPS listener's certificates, when it runs.
@@ -74,6 +77,9 @@ impl App {
     /// new table. An invalid file keeps the old table serving.
     pub fn reload(&self, why: &str) {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        if self.control_stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let loaded = match config::load(&self.config_path) {
             Ok(l) => l,
             Err(e) => return self.fail(why, e.to_string()),
@@ -142,6 +148,9 @@ impl App {
     /// `spawn_blocking`.
     pub fn rollout_tick(&self) {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        if self.control_stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let table = self.shared.table.load_full();
         let changed = self.rollouts.tick(&table, self.metrics());
         if changed.weights {
@@ -240,6 +249,14 @@ impl App {
             ("limits", old.limits != new.limits),
             ("server.workers", old.workers != new.workers),
             ("server.drain_delay", old.drain_delay != new.drain_delay),
+            (
+                "server.upgrade_socket",
+                old.upgrade_socket != new.upgrade_socket,
+            ),
+            (
+                "server.upgrade_timeout",
+                old.upgrade_timeout != new.upgrade_timeout,
+            ),
             ("metrics.buckets", old.metric_buckets != new.metric_buckets),
             ("access_log", old.access_log != new.access_log),
         ];
@@ -376,7 +393,7 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let config = loaded.config.clone();
     let upgrade_path = crate::upgrade::socket_path(config.upgrade_socket.as_deref(), path);
     let mut taken = match upgrade {
-        true => Some(crate::upgrade::take(&upgrade_path)?),
+        true => Some(crate::upgrade::take(&upgrade_path, config.upgrade_timeout)?),
         false => None,
     };
     let mut inherited = taken
@@ -469,6 +486,7 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
         generation: AtomicU64::new(1),
         last_error: Mutex::new(None),
         draining: AtomicBool::new(false),
+        control_stopped: AtomicBool::new(false),
         reloading: Mutex::new(()),
         resolver,
         rollouts,
@@ -488,10 +506,15 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
         }
         // Serving now: the old process, if any, may stop accepting.
         if let Some(taken) = taken.take() {
-            let old = tokio::task::spawn_blocking(move || taken.ready()).await??;
-            tracing::info!(pid = old, "upgrade: serving; the old process drains");
+            let old = taken.pid;
+            match tokio::task::spawn_blocking(move || taken.ready()).await? {
+                Ok(_) => tracing::info!(pid = old, "upgrade: serving; the old process drains"),
+                // Serving already: exiting would drop the connections this
+                // process accepted. The old one was told `ready`.
+                Err(e) => tracing::warn!(pid = old, error = %e, "upgrade: serving, but the old process did not confirm that it drains; stop it if it still runs"),
+            }
         }
-        let offer = match crate::upgrade::Offer::start(&upgrade_path, handover) {
+        let offer = match crate::upgrade::Offer::start(&upgrade_path, handover, config.upgrade_timeout) {
             Ok(o) => Some(o),
             Err(e) => {
                 tracing::warn!(path = ?upgrade_path, error = %e, "no upgrade socket; `cutover run --upgrade` cannot take over from this process");
@@ -501,21 +524,25 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
         if let Some(o) = &offer {
             tracing::debug!(path = ?o.path(), "upgrade socket");
         }
-        tokio::spawn(crate::analysis::window::run(
-            app.analysis.clone(),
-            app.shared.clone(),
-        ));
-        tokio::spawn(crate::analysis::prometheus::run(
-            app.analysis.clone(),
-            app.shared.clone(),
-            app.clone(),
-        ));
-        let _watcher = config::watch::spawn(app.clone()).await?;
-        tokio::spawn(crate::dashboard::history::run(
-            app.history.clone(),
-            app.shared.clone(),
-        ));
-        tokio::spawn(rollout_ticker(app.clone()));
+        // The control plane's own tasks: after an upgrade only the new
+        // process acts (see below).
+        let control = [
+            tokio::spawn(crate::analysis::window::run(
+                app.analysis.clone(),
+                app.shared.clone(),
+            )),
+            tokio::spawn(crate::analysis::prometheus::run(
+                app.analysis.clone(),
+                app.shared.clone(),
+                app.clone(),
+            )),
+            tokio::spawn(crate::dashboard::history::run(
+                app.history.clone(),
+                app.shared.clone(),
+            )),
+            tokio::spawn(rollout_ticker(app.clone())),
+        ];
+        let watcher = config::watch::spawn(app.clone()).await?;
         if let Some(queue) = app.rollouts.notify.receiver() {
             tokio::spawn(crate::rollout::notify::deliver(queue));
         }
@@ -525,6 +552,19 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
         };
         if let Some(o) = &offer {
             o.close();
+        }
+        if upgraded.is_some() {
+            // The new process owns rollouts, health checks, evidence and
+            // the config file from now on (it loaded the same file and
+            // state): this one stops acting on them while it drains, so
+            // two processes never advance a rollout or reload at once.
+            // Webhook events staged before the handover are still sent.
+            app.control_stopped.store(true, Ordering::Relaxed);
+            drop(watcher);
+            for task in &control {
+                task.abort();
+            }
+            app.health.sync(&[], &HashMap::new());
         }
 
         // `/readyz` answers 503 first, for `server.drain_delay`, while the

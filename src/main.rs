@@ -51,7 +51,8 @@ enum Command {
         /// Take over the listening sockets of the Cutover running with this
         /// config (via server.upgrade_socket), then let it drain: a new
         /// binary without a refused connection. Exit 2: none is running;
-        /// 3: another upgrade is under way.
+        /// 3: another upgrade is under way; 4: the process on the upgrade
+        /// socket said nothing within server.upgrade_timeout.
         #[arg(long)]
         upgrade: bool,
     },

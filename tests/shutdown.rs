@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use common::raw::RawConn;
 
 /// Appended after the route: these tests time the shutdown itself, not
-/// the `server.drain_delay` before it.
-const NO_DELAY: &str = "\n[server]\ndrain_delay = \"0s\"\n";
+/// the `server.drain_delay` before it; an idle keep-alive connection waits
+/// `timeouts.graceful_close` (here 1 s) for a last request at shutdown.
+const NO_DELAY: &str = "\n[server]\ndrain_delay = \"0s\"\n\n[timeouts]\ngraceful_close = \"1s\"\n";
 
 /// Whether a new TCP connection to `addr` is refused (or reset at once).
 async fn refused(addr: std::net::SocketAddr) -> bool {
@@ -182,12 +183,8 @@ async fn sigint_drains_like_sigterm() {
 async fn the_drain_deadline_bounds_the_wait() {
     // drain = 500ms, a request that would take 10 s: the proxy exits 0 soon
     // after the deadline instead of waiting for it.
-    let (b, _g, mut p) = common::blue_green(
-        100,
-        0,
-        &format!("{NO_DELAY}\n[timeouts]\ndrain = \"500ms\"\n"),
-    )
-    .await;
+    let (b, _g, mut p) =
+        common::blue_green(100, 0, &format!("{NO_DELAY}drain = \"500ms\"\n")).await;
     let client = common::client();
     let url = p.url("/sleep/10000");
     let in_flight =

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::Backend;
 use common::proxy::bin;
+use common::raw::RawConn;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::TcpStream;
 
@@ -106,6 +107,11 @@ impl Drop for Cutover {
 /// A config with HTTP (two workers), HTTPS and admin listeners, and an
 /// upgrade socket in `dir`.
 fn write_config(dir: &Path, backend: &Backend) -> PathBuf {
+    write_config_with(dir, backend, "", "")
+}
+
+/// The same with `server` added to `[server]` and `rest` at the end.
+fn write_config_with(dir: &Path, backend: &Backend, server: &str, rest: &str) -> PathBuf {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
@@ -114,9 +120,9 @@ fn write_config(dir: &Path, backend: &Backend) -> PathBuf {
         "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\n\
          [tls]\ncerts = [{{ cert = \"cert.pem\", key = \"key.pem\" }}]\n\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\n\
-         [server]\nworkers = 2\nupgrade_socket = \"up.sock\"\n\n\
+         [server]\nworkers = 2\nupgrade_socket = \"up.sock\"\n{server}\n\
          [backends.blue]\nendpoints = [\"{}\"]\n\n\
-         [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
+         [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n{rest}",
         backend.addr
     );
     std::fs::write(&path, text).unwrap();
@@ -140,6 +146,19 @@ struct Tally {
     retried: AtomicU64,
     /// Plain TCP connects to the HTTPS and admin listeners that succeeded.
     connects: AtomicU64,
+    /// Retries and failures by what the client saw, to tell races apart.
+    kinds: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Tally {
+    fn saw(&self, kind: String) {
+        *self.kinds.lock().unwrap().entry(kind).or_default() += 1;
+    }
+
+    fn fail(&self, kind: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.saw(format!("failed: {kind}"));
+    }
 }
 
 const REQUEST: &[u8] = b"GET /hello HTTP/1.1\r\nHost: app\r\n\r\n";
@@ -150,19 +169,20 @@ enum Outcome {
     Ok {
         keep: bool,
     },
-    /// Closed before any response byte.
-    ClosedEarly,
+    /// Closed before any response byte: how.
+    ClosedEarly(String),
     Failed(String),
 }
 
 async fn exchange(conn: &mut TokioBufReader<TcpStream>, request: &[u8]) -> Outcome {
-    if conn.get_mut().write_all(request).await.is_err() {
-        return Outcome::ClosedEarly;
+    if let Err(e) = conn.get_mut().write_all(request).await {
+        return Outcome::ClosedEarly(format!("write: {:?}", e.kind()));
     }
     let mut status = String::new();
     match tokio::time::timeout(Duration::from_secs(10), conn.read_line(&mut status)).await {
         Err(_) => return Outcome::Failed("no response in 10 s".into()),
-        Ok(Ok(0)) | Ok(Err(_)) => return Outcome::ClosedEarly,
+        Ok(Ok(0)) => return Outcome::ClosedEarly("read: EOF".into()),
+        Ok(Err(e)) => return Outcome::ClosedEarly(format!("read: {:?}", e.kind())),
         Ok(Ok(_)) => {}
     }
     if !status.starts_with("HTTP/1.1 200") {
@@ -208,8 +228,7 @@ async fn connect(addr: SocketAddr, tally: &Tally) -> Option<TokioBufReader<TcpSt
             None
         }
         Err(e) => {
-            eprintln!("connect failed: {e}");
-            tally.failed.fetch_add(1, Ordering::Relaxed);
+            tally.fail(format!("connect: {:?}", e.kind()));
             None
         }
     }
@@ -232,8 +251,11 @@ async fn keep_alive_client(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<Atomic
                     conn = None;
                 }
             }
-            Outcome::ClosedEarly if reused => {
+            Outcome::ClosedEarly(how) if reused => {
                 tally.retried.fetch_add(1, Ordering::Relaxed);
+                tally.saw(format!(
+                    "retried: reused connection closed before the response ({how})"
+                ));
                 conn = connect(addr, &tally).await;
                 let Some(c) = conn.as_mut() else { continue };
                 match exchange(c, REQUEST).await {
@@ -243,20 +265,26 @@ async fn keep_alive_client(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<Atomic
                             conn = None;
                         }
                     }
-                    _ => {
-                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    Outcome::ClosedEarly(how) => {
+                        tally.fail(format!(
+                            "retry: new connection closed before the response ({how})"
+                        ));
+                        conn = None;
+                    }
+                    Outcome::Failed(why) => {
+                        tally.fail(format!("retry: {why}"));
                         conn = None;
                     }
                 }
             }
-            Outcome::ClosedEarly => {
-                eprintln!("a new connection closed before its response");
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+            Outcome::ClosedEarly(how) => {
+                tally.fail(format!(
+                    "keep-alive: new connection closed before the response ({how})"
+                ));
                 conn = None;
             }
             Outcome::Failed(why) => {
-                eprintln!("keep-alive request failed: {why}");
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+                tally.fail(format!("keep-alive: {why}"));
                 conn = None;
             }
         }
@@ -273,13 +301,11 @@ async fn new_connection_client(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<At
             Outcome::Ok { .. } => {
                 tally.ok.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::ClosedEarly => {
-                eprintln!("a new connection closed before its response");
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+            Outcome::ClosedEarly(how) => {
+                tally.fail(format!("new connection closed before the response ({how})"));
             }
             Outcome::Failed(why) => {
-                eprintln!("request on a new connection failed: {why}");
-                tally.failed.fetch_add(1, Ordering::Relaxed);
+                tally.fail(format!("new connection: {why}"));
             }
         }
     }
@@ -297,9 +323,11 @@ async fn connect_client(addrs: Vec<SocketAddr>, tally: Arc<Tally>, stop: Arc<Ato
     }
 }
 
-// Ignored until the last failures are understood: with the drain fix, 1
-// failed request in 1 of 2 runs (2,161 answered); without it 3 of 10,200.
-#[ignore = "1 request in ~2,000 still fails now and then: run with --ignored"]
+/// Zero means zero: no connection refused, no request failed, and none
+/// even needed the retry a client may do on a closed keep-alive connection
+/// (before the drain answered an idle connection's next request with
+/// `Connection: close`, 20 to 22 a run needed it, and 2 requests on new
+/// connections accepted just before the handover failed in 2 of 4 runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     const UPGRADES: usize = 20;
@@ -413,10 +441,15 @@ async fn twenty_upgrades_under_load_refuse_nothing_and_fail_nothing() {
     );
     eprintln!(
         "{UPGRADES} upgrades in {upgrading:?}: {ok} requests answered, {refused} refused, {failed} failed, \
-         {retried} retried on a closed keep-alive connection, {connects} connects to https+admin"
+         {retried} retried on a closed keep-alive connection, {connects} connects to https+admin; {:?}",
+        tally.kinds.lock().unwrap()
     );
     assert_eq!(refused, 0, "connections refused");
     assert_eq!(failed, 0, "requests failed");
+    assert_eq!(
+        retried, 0,
+        "requests retried on a closed keep-alive connection"
+    );
     assert!(connects > 0);
 
     // The last process serves the admin listener and can be stopped.
@@ -436,12 +469,14 @@ async fn twenty_upgrades_under_load_refuse_nothing_and_fail_nothing() {
 
 /// Runs `cutover run --config CONFIG --upgrade` to its end.
 async fn upgrade_to_exit(config: &Path) -> common::proxy::Exited {
+    upgrade_to_exit_within(config, Duration::from_secs(30)).await
+}
+
+/// The same, killed (`status: None`) if still running after `within`.
+async fn upgrade_to_exit_within(config: &Path, within: Duration) -> common::proxy::Exited {
     let config = config.to_str().unwrap().to_owned();
     tokio::task::spawn_blocking(move || {
-        common::proxy::run_to_exit(
-            &["run", "--config", &config, "--upgrade"],
-            Duration::from_secs(30),
-        )
+        common::proxy::run_to_exit(&["run", "--config", &config, "--upgrade"], within)
     })
     .await
     .unwrap()
@@ -510,4 +545,234 @@ async fn a_second_upgrade_during_one_is_refused_with_exit_3_and_an_abandoned_one
     assert!(first.wait_exit(Duration::from_secs(20)).await.is_some());
     let resp = common::raw::roundtrip(http, REQUEST_CLOSE).await.unwrap();
     assert_eq!(resp.status, 200);
+}
+
+/// The old process's addresses, once it logged them.
+async fn http_addr(p: &Cutover) -> SocketAddr {
+    let mut addr = None;
+    let found = common::eventually(Duration::from_secs(20), || {
+        addr = p.listener("http");
+        std::future::ready(addr.is_some())
+    })
+    .await;
+    assert!(found, "no http listener logged");
+    addr.unwrap()
+}
+
+/// A keep-alive connection that has had one exchange.
+async fn kept_alive(http: SocketAddr) -> RawConn {
+    let mut c = RawConn::connect(http).await;
+    c.send(REQUEST).await.unwrap();
+    let r = c.read_response().await.unwrap();
+    assert_eq!((r.status, r.header("connection")), (200, None));
+    c
+}
+
+/// What the old process does with the connections it has at the handover:
+/// an idle HTTP/1.1 keep-alive connection is not closed under the client's
+/// next request (the race that made about 1 request in 2,000 fail over 20
+/// upgrades): that request is answered, with `Connection: close`, and the
+/// connection closes after it; one that stays idle is closed once
+/// `timeouts.graceful_close` (here 2 s) has passed; a request in flight
+/// finishes, on HTTP/1.1 and as an HTTP/2 stream (GOAWAY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_process_answers_the_next_request_of_an_idle_connection_with_connection_close() {
+    let backend = Backend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rest = "\n[timeouts]\ngraceful_close = \"2s\"\n";
+    let config = write_config_with(dir.path(), &backend, "", rest);
+    let mut old = Cutover::spawn(&config, false);
+    let http = http_addr(&old).await;
+    let mut next_request = kept_alive(http).await;
+    let mut stays_idle = kept_alive(http).await;
+    let mut in_flight = RawConn::connect(http).await;
+    in_flight
+        .send(b"GET /sleep/3000 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(TcpStream::connect(http).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let h2_conn = tokio::spawn(h2_conn);
+    let req = hyper::Request::get(format!("http://{http}/sleep/3000"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let h2_stream = tokio::spawn(h2.send_request(req));
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            backend
+                .seen()
+                .iter()
+                .filter(|p| *p == "/sleep/3000")
+                .count()
+                == 2
+        })
+        .await,
+        "both slow requests reached the backend"
+    );
+
+    let mut new = Cutover::spawn(&config, true);
+    new.wait_for(
+        "upgrade: serving; the old process drains",
+        Duration::from_secs(30),
+    )
+    .await;
+    let handover = Instant::now();
+    old.wait_for(
+        "shutting down: no new connections, draining",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Not a condition that can be awaited: the time for the old process's
+    // workers to act on the drain, which closed idle connections at once
+    // before; what follows must hold after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    next_request.send(REQUEST).await.unwrap();
+    let r = next_request
+        .read_response()
+        .await
+        .expect("the old process answers the idle connection's next request");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    let (closed, _) = next_request.closed_within(Duration::from_secs(2)).await;
+    assert!(closed, "the connection closes after Connection: close");
+
+    let r = in_flight
+        .read_response()
+        .await
+        .expect("the request in flight finishes");
+    assert_eq!((r.status, r.text().as_str()), (200, "blue"));
+    let resp = h2_stream
+        .await
+        .unwrap()
+        .expect("the HTTP/2 stream in flight finishes");
+    assert_eq!(resp.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_conn).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection ends after GOAWAY");
+
+    let (closed, _) = stays_idle.closed_within(Duration::from_secs(10)).await;
+    assert!(closed, "the idle connection is closed at graceful_close");
+    let after = handover.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500),
+        "closed {after:?} after the handover, before graceful_close (2 s)"
+    );
+    let status = old.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    // The new process serves.
+    let resp = common::raw::roundtrip(http, REQUEST_CLOSE).await.unwrap();
+    assert_eq!(resp.status, 200);
+}
+
+/// A peer on the upgrade socket that accepts and then says nothing (a hung
+/// process, or something that is not Cutover) does not hang `--upgrade`:
+/// it gives up once `server.upgrade_timeout` (here 1 s) passed, exit 4,
+/// saying why, having served nothing.
+#[tokio::test]
+async fn upgrade_gives_up_on_a_silent_peer_after_upgrade_timeout() {
+    let backend = Backend::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), &backend, "upgrade_timeout = \"1s\"\n", "");
+    let silent = std::os::unix::net::UnixListener::bind(dir.path().join("up.sock")).unwrap();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let (held, _) = silent.accept().unwrap();
+        // Holds the connection open, silent, until the test is done.
+        let _ = wait.recv();
+        drop(held);
+    });
+    let started = Instant::now();
+    let out = upgrade_to_exit_within(&config, Duration::from_secs(15)).await;
+    let took = started.elapsed();
+    let _ = done.send(());
+    peer.join().unwrap();
+    assert_eq!(
+        out.status.map(|s| s.code()),
+        Some(Some(4)),
+        "after {took:?}: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("sent no listening sockets within 1s")
+            && out.stderr.contains("server.upgrade_timeout"),
+        "{}",
+        out.stderr
+    );
+    assert!(took >= Duration::from_secs(1), "gave up after {took:?}");
+}
+
+/// After the handover only the new process acts on the control plane: the
+/// old one, still draining a slow request, neither reloads an edit of the
+/// config file nor runs health checks (both processes would otherwise
+/// reload, check, and with rollouts tick and write state, at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_old_process_leaves_config_watching_and_health_checks_to_the_new_one() {
+    let blue = Backend::start("blue").await;
+    let mut green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cutover.toml");
+    let text = |green_weight: u32| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n\n\
+             [server]\nworkers = 1\nupgrade_socket = \"up.sock\"\n\n\
+             [backends.blue]\nendpoints = [\"{}\"]\n\n\
+             [backends.green]\nendpoints = [\"{}\"]\n\
+             health = {{ path = \"/hc\", interval = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }}\n\n\
+             [[routes]]\nname = \"app\"\nweights = {{ blue = {}, green = {green_weight} }}\n",
+            blue.addr,
+            green.addr,
+            100 - green_weight
+        )
+    };
+    std::fs::write(&config, text(0)).unwrap();
+    let mut old = Cutover::spawn(&config, false);
+    let http = http_addr(&old).await;
+    // Keeps the old process draining through what follows.
+    let mut in_flight = RawConn::connect(http).await;
+    in_flight
+        .send(b"GET /sleep/6000 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            blue.seen().contains(&"/sleep/6000".to_owned())
+        })
+        .await
+    );
+    let mut new = Cutover::spawn(&config, true);
+    new.wait_for(
+        "upgrade: serving; the old process drains",
+        Duration::from_secs(30),
+    )
+    .await;
+    old.wait_for(
+        "upgraded: the new process serves the listeners",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    std::fs::write(&config, text(10)).unwrap();
+    new.wait_for("config reloaded", Duration::from_secs(10))
+        .await;
+    green.stop();
+    new.wait_for("endpoint unhealthy", Duration::from_secs(10))
+        .await;
+    // Not awaitable (it must not happen): five health check intervals
+    // for the old process to show it would have acted too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process must still be draining for this to show anything"
+    );
+    assert_eq!(old.logged("config reloaded"), None);
+    assert_eq!(old.logged("endpoint unhealthy"), None);
+
+    let r = in_flight.read_response().await.unwrap();
+    assert_eq!(r.status, 200);
+    let status = old.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
 }

@@ -39,6 +39,9 @@ pub struct Config {
     /// `server.upgrade_socket`: where `cutover run --upgrade` finds this
     /// process; `None`: derived from the config path ([`crate::upgrade`]).
     pub upgrade_socket: Option<PathBuf>,
+    /// `server.upgrade_timeout`: how long each side of an upgrade waits for
+    /// the other's next message ([`crate::upgrade`]).
+    pub upgrade_timeout: std::time::Duration,
     pub metric_buckets: Vec<f64>,
     /// Sorted by name.
     pub backends: Vec<BackendSpec>,

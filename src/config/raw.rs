@@ -154,6 +154,7 @@ pub struct RawServer {
     pub workers: Option<Spanned<i64>>,
     pub drain_delay: Option<Str>,
     pub upgrade_socket: Option<Str>,
+    pub upgrade_timeout: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

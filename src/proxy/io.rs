@@ -166,6 +166,11 @@ impl Activity {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// The connection speaks HTTP/2 (its preface was read).
+    pub fn multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
+    }
+
     /// Resolves when the connection should be closed (after `Idle`, start
     /// a graceful close and watch again). Checked every quarter
     /// of the shortest deadline (an eighth of `body_idle`), so each may run
@@ -290,6 +295,12 @@ impl Busy {
     /// apart and wait for the next request holding no buffers.
     pub fn may_end_round(&self) {
         self.0.last_of_round.store(self.1, Ordering::Relaxed);
+    }
+
+    /// The connection is being closed (idle, or draining): this request's
+    /// response is its last.
+    pub fn closing(&self) -> bool {
+        self.0.closing()
     }
 }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
-use http::{Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -369,8 +369,17 @@ pub async fn serve<I: ClientStream>(
         let conn = conn.clone();
         let busy = handler_activity.busy();
         let ends_round = keeps_alive(&req);
+        let h1 = req.version() < Version::HTTP_2;
         async move {
-            let resp = handler::handle(&worker, &conn, req).await;
+            let mut resp = handler::handle(&worker, &conn, req).await;
+            // Draining: an HTTP/1 connection is not closed while idle, where
+            // the client's next request could cross the close; the next
+            // response says it is the last (RFC 9112 §9.6), as Envoy's drain
+            // and HAProxy's `idle-close-on-response` do.
+            if h1 && busy.closing() && response_keeps_alive(&resp) {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if ends_round && response_keeps_alive(&resp) {
                 busy.may_end_round();
             }
@@ -386,13 +395,13 @@ pub async fn serve<I: ClientStream>(
         let mut http1 = false;
         if let Some(tcp) = io.inner().get_ref().between_requests() {
             if !io.inner().has_unread() {
-                // Draining: a request that already arrived (e.g. on a
-                // connection accepted just before the listeners stopped,
-                // or handed over in an upgrade) is answered, with
-                // `Connection: close`, not dropped unanswered.
-                let mut draining = *shutdown.borrow();
-                if draining && !request_waiting(tcp) {
-                    return;
+                // Draining: the connection waits for its next request (a
+                // connection accepted just before the listeners stopped
+                // may not have sent its first yet), answered with
+                // `Connection: close`, for `timeouts.graceful_close` (the
+                // watch's `Grace`); closing it now could cross a request.
+                if *shutdown.borrow() {
+                    activity.start_closing();
                 }
                 let arrived = async {
                     if first {
@@ -414,15 +423,12 @@ pub async fn serve<I: ClientStream>(
                                 break;
                             }
                         },
-                        _ = shutdown.changed(), if !draining => {
-                            if !request_waiting(tcp) {
-                                return;
-                            }
-                            draining = true;
-                        }
+                        _ = shutdown.changed(), if !activity.closing() => activity.start_closing(),
                         expired = &mut watch => {
-                            if expired == Expired::Head {
-                                tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+                            match expired {
+                                Expired::Head => tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing"),
+                                Expired::Grace => tracing::debug!(peer = %conn_peer, timeout = ?deadlines.graceful_close, "draining: no request within the graceful close; closing"),
+                                _ => {}
                             }
                             return;
                         }
@@ -442,11 +448,13 @@ pub async fn serve<I: ClientStream>(
                 .serve_connection_with_upgrades(io, service.clone());
             Serving::Auto(Box::pin(c))
         };
-        // Starts a graceful close once; the watch then bounds it.
+        let mut round = Round::default();
+        // Idle: starts a graceful close once; the watch then bounds it.
         macro_rules! close {
             () => {
                 if !activity.closing() {
                     activity.start_closing();
+                    round.goaway = true;
                     match &mut serving {
                         Serving::Auto(c) => c.as_mut().graceful_shutdown(),
                         Serving::H1(c) => Pin::new(&mut **c).graceful_shutdown(),
@@ -455,31 +463,24 @@ pub async fn serve<I: ClientStream>(
                 }
             };
         }
-        // The request whose response ends this round, once chosen.
-        let mut last = None;
+        // Draining: not hyper's `graceful_shutdown`, which closes an idle
+        // HTTP/1 connection at once (under a request that may be on its
+        // way): HTTP/1 answers its next request with `Connection: close`,
+        // HTTP/2 gets GOAWAY from `poll_round`, and the watch closes the
+        // connection after `graceful_close` with nothing in progress.
         if *shutdown.borrow() {
-            // hyper closes an HTTP/1 connection it has read nothing from
-            // yet: let it read the waiting request first (one poll), so
-            // that closing answers it with `Connection: close`.
-            if http1 {
-                let once =
-                    poll_fn(|cx| Poll::Ready(poll_round(&mut serving, &activity, &mut last, cx)));
-                if once.await.is_ready() {
-                    return;
-                }
-            }
-            close!();
+            activity.start_closing();
         }
         loop {
             tokio::select! {
-                res = poll_fn(|cx| poll_round(&mut serving, &activity, &mut last, cx)) => {
+                res = poll_fn(|cx| poll_round(&mut serving, &activity, &mut round, cx)) => {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "client connection ended with an error");
                         return;
                     }
                     break;
                 }
-                _ = shutdown.changed(), if !activity.closing() => close!(),
+                _ = shutdown.changed(), if !activity.closing() => activity.start_closing(),
                 expired = &mut watch => match expired {
                     Expired::Idle => close!(),
                     Expired::Head => {
@@ -499,9 +500,10 @@ pub async fn serve<I: ClientStream>(
         }
         // Another round only after the response that was to end this one,
         // and no request after it: hyper stopped because we asked it to.
+        // Draining since, the next round waits for a request as above.
         activity.keep_open(false);
         let Serving::H1(c) = serving else { return };
-        if activity.closing() || last.is_none() || last != Some(activity.requests()) {
+        if round.last.is_none() || round.last != Some(activity.requests()) {
             return;
         }
         let Some(parts) = c.into_parts() else { return };
@@ -510,10 +512,13 @@ pub async fn serve<I: ClientStream>(
     }
 }
 
-/// Whether request bytes wait on the socket (a non-blocking `MSG_PEEK`).
-fn request_waiting(tcp: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(n) if n > 0)
+/// What [`poll_round`] keeps between polls of one hyper connection.
+#[derive(Default)]
+struct Round {
+    /// The request whose response ends this HTTP/1 round, once chosen.
+    last: Option<u64>,
+    /// HTTP/2: GOAWAY was sent.
+    goaway: bool,
 }
 
 /// Polls a round; once the response that ends an HTTP/1 round has begun
@@ -523,29 +528,42 @@ fn request_waiting(tcp: &TcpStream) -> bool {
 /// stop after it, keeping the socket. hyper is then idle or finishing that
 /// response: it stops without parsing another head, and returns what it
 /// read of one.
+///
+/// Draining, a connection that speaks HTTP/2 (known once its preface was
+/// read) gets GOAWAY: its streams in flight finish, and it takes no more
+/// (RFC 9113 §6.8).
 fn poll_round<A, H>(
     serving: &mut Serving<A, H>,
     activity: &Activity,
-    last: &mut Option<u64>,
+    round: &mut Round,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), Box<dyn std::error::Error + Send + Sync>>>
 where
-    A: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    A: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulAuto,
     H: Future<Output = hyper::Result<()>> + GracefulH1 + Unpin,
 {
     match serving {
-        Serving::Auto(c) => c.as_mut().poll(cx),
+        Serving::Auto(c) => {
+            let polled = c.as_mut().poll(cx);
+            if polled.is_pending() && !round.goaway && activity.closing() && activity.multiplexed()
+            {
+                round.goaway = true;
+                c.as_mut().graceful_shutdown();
+                return c.as_mut().poll(cx);
+            }
+            polled
+        }
         Serving::H1(c) => {
             if let Poll::Ready(r) = Pin::new(&mut **c).poll(cx) {
                 return Poll::Ready(r.map_err(Into::into));
             }
-            if last.is_some() || activity.closing() {
+            if round.last.is_some() || activity.closing() {
                 return Poll::Pending;
             }
             let Some(n) = activity.take_end_of_round() else {
                 return Poll::Pending;
             };
-            *last = Some(n);
+            round.last = Some(n);
             activity.keep_open(true);
             Pin::new(&mut **c).graceful_shutdown();
             Pin::new(&mut **c).poll(cx).map_err(Into::into)
@@ -568,6 +586,26 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// `graceful_shutdown` of hyper's auto-detecting connection (GOAWAY on
+/// HTTP/2), for [`poll_round`].
+trait GracefulAuto {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B, E> GracefulAuto for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
     }
 }
 

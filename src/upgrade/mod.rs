@@ -29,9 +29,11 @@ use crate::proxy::Listeners;
 /// NUL, and the new process first binds `PATH.PID.tmp`.
 pub const MAX_PATH: usize = 86;
 
-/// How long the old process waits for the new one to say it serves, and
-/// the new one for each answer of the old; past it the old one keeps
-/// serving as if nothing happened.
+/// `server.upgrade_timeout`'s default: how long the old process waits for
+/// the new one to say it serves (past it the old one keeps serving as if
+/// nothing happened), and the new one for each answer of the old (past it
+/// `--upgrade` gives up with [`UpgradeError::Timeout`], having served
+/// nothing).
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The listening sockets handed over, in the order they travel.
@@ -60,6 +62,16 @@ pub enum UpgradeError {
         "an upgrade is already in progress (pid {old} is handing over to pid {new}); retry once it is done"
     )]
     Busy { old: u32, new: u32 },
+    #[error(
+        "the process on the upgrade socket {path:?} accepted the connection but sent no {what} \
+         within {waited:?} (server.upgrade_timeout): it is hung or is not a Cutover; nothing was \
+         taken over"
+    )]
+    Timeout {
+        path: PathBuf,
+        what: &'static str,
+        waited: std::time::Duration,
+    },
     #[error("upgrade socket {path:?}: {what}")]
     Protocol { path: PathBuf, what: String },
     #[error("upgrade socket {path:?}")]
@@ -72,11 +84,13 @@ pub enum UpgradeError {
 
 impl UpgradeError {
     /// `cutover run --upgrade`'s exit status: 2 nothing to upgrade, 3 an
-    /// upgrade already in progress, 1 anything else.
+    /// upgrade already in progress, 4 no answer within
+    /// `server.upgrade_timeout`, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             UpgradeError::NotRunning { .. } => 2,
             UpgradeError::Busy { .. } => 3,
+            UpgradeError::Timeout { .. } => 4,
             _ => 1,
         }
     }

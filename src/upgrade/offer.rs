@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::Sockets;
 use super::wire::{self, Hello};
-use super::{HANDSHAKE_TIMEOUT, Sockets};
 
 /// The upgrade socket of this process.
 pub struct Offer {
@@ -28,13 +28,19 @@ struct Inner {
     upgrading_to: Mutex<Option<u32>>,
     /// Set to the new process's pid once it serves.
     handed_over: watch::Sender<Option<u32>>,
+    /// `server.upgrade_timeout`: how long a new process has to say `ready`.
+    timeout: std::time::Duration,
 }
 
 impl Offer {
     /// Binds the upgrade socket at `path` (mode 0600, replacing a stale
     /// file or the old process's socket atomically, by rename) and serves
-    /// it on its own thread.
-    pub fn start(path: &Path, sockets: Sockets) -> std::io::Result<Offer> {
+    /// it on its own thread; a new process has `timeout` to say `ready`.
+    pub fn start(
+        path: &Path,
+        sockets: Sockets,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<Offer> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".{}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp);
@@ -47,6 +53,7 @@ impl Offer {
             sockets: Mutex::new(Some(sockets)),
             upgrading_to: Mutex::new(None),
             handed_over: watch::channel(None).0,
+            timeout,
         });
         let serving = inner.clone();
         std::thread::Builder::new()
@@ -88,8 +95,8 @@ impl Offer {
 
 impl Inner {
     fn handle(&self, mut conn: UnixStream) {
-        let _ = conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-        let _ = conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+        let _ = conn.set_read_timeout(Some(self.timeout));
+        let _ = conn.set_write_timeout(Some(self.timeout));
         // The socket file is 0600; this also stops a process that got a
         // descriptor of it some other way.
         let peer = match rustix::net::sockopt::socket_peercred(&conn) {

@@ -5,9 +5,10 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::wire::{self, Hello};
-use super::{HANDSHAKE_TIMEOUT, Sockets, UpgradeError};
+use super::{Sockets, UpgradeError};
 
 /// The sockets taken, and the connection to the process they came from.
 pub struct Taken {
@@ -16,10 +17,12 @@ pub struct Taken {
     pub pid: u32,
     conn: UnixStream,
     path: PathBuf,
+    timeout: Duration,
 }
 
-/// Connects to the upgrade socket at `path` and receives the sockets.
-pub fn take(path: &Path) -> Result<Taken, UpgradeError> {
+/// Connects to the upgrade socket at `path` and receives the sockets,
+/// waiting at most `timeout` (`server.upgrade_timeout`) for them.
+pub fn take(path: &Path, timeout: Duration) -> Result<Taken, UpgradeError> {
     let io = |source| UpgradeError::Io {
         path: path.into(),
         source,
@@ -37,9 +40,8 @@ pub fn take(path: &Path) -> Result<Taken, UpgradeError> {
         }
         _ => io(source),
     })?;
-    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io)?;
-    conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(io)?;
+    conn.set_read_timeout(Some(timeout)).map_err(io)?;
+    conn.set_write_timeout(Some(timeout)).map_err(io)?;
     let peer = rustix::net::sockopt::socket_peercred(&conn).map_err(|e| io(e.into()))?;
     if peer.uid != rustix::process::geteuid() {
         return Err(protocol(format!(
@@ -47,7 +49,14 @@ pub fn take(path: &Path) -> Result<Taken, UpgradeError> {
             peer.uid.as_raw()
         )));
     }
-    let (line, fds) = wire::recv_with_fds(&conn).map_err(io)?;
+    let (line, fds) = wire::recv_with_fds(&conn).map_err(|e| match timed_out(&e) {
+        true => UpgradeError::Timeout {
+            path: path.into(),
+            what: "listening sockets",
+            waited: timeout,
+        },
+        false => io(e),
+    })?;
     let (pid, http, https, admin) = match Hello::parse(&line) {
         Some(Hello::Busy { old, new }) => return Err(UpgradeError::Busy { old, new }),
         Some(Hello::Offer {
@@ -84,7 +93,16 @@ pub fn take(path: &Path) -> Result<Taken, UpgradeError> {
         pid,
         conn,
         path: path.into(),
+        timeout,
     })
+}
+
+/// A read past `SO_RCVTIMEO`.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 impl Taken {
@@ -97,7 +115,15 @@ impl Taken {
         };
         let line = format!("ready pid={}\n", std::process::id());
         self.conn.write_all(line.as_bytes()).map_err(io)?;
-        match wire::read_line(&mut self.conn).map_err(io)?.as_str() {
+        let answer = wire::read_line(&mut self.conn).map_err(|e| match timed_out(&e) {
+            true => UpgradeError::Timeout {
+                path: self.path.clone(),
+                what: "`draining`",
+                waited: self.timeout,
+            },
+            false => io(e),
+        })?;
+        match answer.as_str() {
             "draining" => Ok(self.pid),
             other => Err(UpgradeError::Protocol {
                 path: self.path.clone(),

@@ -232,6 +232,11 @@ impl Validator<'_> {
             }
             path
         });
+        let upgrade_timeout = self.duration(
+            "server.upgrade_timeout",
+            &raw.server.upgrade_timeout,
+            crate::upgrade::HANDSHAKE_TIMEOUT.as_secs(),
+        );
         let metric_buckets = match &raw.metrics.buckets {
             None => DEFAULT_BUCKETS.to_vec(),
             Some(b) => {
@@ -300,6 +305,7 @@ impl Validator<'_> {
             workers,
             drain_delay,
             upgrade_socket,
+            upgrade_timeout,
             metric_buckets,
             backends,
             routes,
