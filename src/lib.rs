@@ -20,5 +20,6 @@ pub mod report;
 pub mod rollout;
 pub mod routing;
 pub mod status;
+pub mod stripe;
 pub mod tls;
 pub mod upstream;

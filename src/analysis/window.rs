@@ -88,8 +88,7 @@ impl Subject {
             edges: route
                 .backends
                 .first()
-                .and_then(|b| b.metrics.evidence())
-                .map(|e| e.edges().to_vec())
+                .map(|b| b.metrics.edges().to_vec())
                 .unwrap_or_default(),
         }
     }
@@ -183,34 +182,74 @@ impl Windows {
     /// publishes the verdicts as metrics.
     pub fn tick(&self, table: &RoutingTable, metrics: &Metrics, now: Instant) {
         let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
-        histories.retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
+        // A set, not a scan per name: 10,000 routes are 10,000 lookups.
+        let names: std::collections::HashSet<&str> =
+            table.routes.iter().map(|r| &*r.name).collect();
+        histories.retain(|name, _| names.contains(name.as_str()));
         let mut out = Vec::new();
         self.polled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
+            .retain(|name, _| names.contains(name.as_str()));
         for route in table.routes.iter().filter(|r| r.backends.len() >= 2) {
             if route.analysis.source.is_some() {
                 out.push(self.judged_by_prometheus(route, now));
                 continue;
             }
-            let key: Vec<(String, u32)> = route
+            let same_key = |h: &History| {
+                h.key.len() == route.backends.len()
+                    && h.key
+                        .iter()
+                        .zip(route.backends.iter())
+                        .all(|((n, w), b)| **n == *b.backend.name && *w == b.weight)
+            };
+            // A route none of whose backends has served yet has no
+            // evidence: it keeps one empty snapshot, moved to `now`, where
+            // its window will start, and is neither judged nor published
+            // (no `/admin/analysis` entry, no verdict series) until its
+            // first request. 10,000 idle routes cost 10,000 small entries,
+            // not a window of snapshots and a verdict each.
+            let idle = route
                 .backends
                 .iter()
-                .map(|b| (b.backend.name.to_string(), b.weight))
-                .collect();
+                .all(|b| b.metrics.evidence().is_none());
+            if idle {
+                if let Some(h) = histories.get_mut(&*route.name)
+                    && same_key(h)
+                    && h.snapshots.len() == 1
+                    && let Some(first) = h.snapshots.front_mut()
+                {
+                    first.0 = now;
+                    continue;
+                }
+            }
             let snap = snapshot(route);
-            let h = histories
-                .entry(route.name.to_string())
-                .or_insert_with(|| History {
-                    key: Vec::new(),
-                    baseline: String::new(),
-                    snapshots: VecDeque::new(),
-                });
-            if h.key != key {
-                h.key = key;
+            if !histories.contains_key(&*route.name) {
+                histories.insert(
+                    route.name.to_string(),
+                    History {
+                        key: Vec::new(),
+                        baseline: String::new(),
+                        snapshots: VecDeque::new(),
+                    },
+                );
+            }
+            let Some(h) = histories.get_mut(&*route.name) else {
+                continue;
+            };
+            if !same_key(h) {
+                h.key = route
+                    .backends
+                    .iter()
+                    .map(|b| (b.backend.name.to_string(), b.weight))
+                    .collect();
                 h.baseline = baseline(route);
                 h.snapshots.clear();
+            }
+            if idle {
+                h.snapshots.clear();
+                h.snapshots.push_back((now, snap));
+                continue;
             }
             h.snapshots.push_back((now, snap));
             let window = route.analysis.window;
@@ -348,12 +387,7 @@ pub fn snapshot(route: &Route) -> Vec<Counts> {
     route
         .backends
         .iter()
-        .map(|b| {
-            b.metrics
-                .evidence()
-                .map(|e| e.snapshot())
-                .unwrap_or_default()
-        })
+        .map(|b| b.metrics.evidence_counts())
         .collect()
 }
 
