@@ -8,7 +8,7 @@
 #
 # Environment:
 #   SCENARIO    basic (default) | sticky | routes | reload | idle | large |
-#               instructions
+#               instructions | h2 | tls
 #   ROUNDS      rounds per target, targets alternate A B C D each round (3)
 #   DURATION    length of each wrk / h2load run (10s)
 #   CONNS       concurrent connections (64)
@@ -24,6 +24,7 @@
 #   CUTOVER_BIN use this cutover binary instead of building one
 #   ACCESS_LOG=1  run cutover with its access log on, JSON to a file in the
 #               temp dir (default off, like nginx and haproxy here)
+#   TLS_CLIENTS  openssl s_time clients of SCENARIO=tls's conn/req rows (2)
 #   INSTR_TARGETS  proxies counted by SCENARIO=instructions
 #               ("cutover nginx haproxy"; e.g. "cutover" alone)
 #
@@ -64,6 +65,11 @@
 #           ulimit -n), and per connection
 #   instructions  instructions per request of each proxy under callgrind
 #           (1 worker each; needs valgrind): deterministic, for before/after
+#   h2      HTTP/2 upstreams: h2load (h2c) through cutover (protocol = "h2c"),
+#           nginx (grpc_pass) and haproxy (proto h2) to the backend's h2c port
+#   tls     HTTPS (ECDSA P-256, made with openssl): keep-alive h1 (wrk) and
+#           h2 by ALPN (h2load), and a new connection per request with a
+#           full or a resumed handshake (openssl s_time), all three proxies
 #
 # Output: ONE table, one row per target and protocol, with the median over
 # rounds of req/s, p50 and p99 latency (wrk; h2load reports no percentiles,
@@ -877,12 +883,194 @@ scenario_instructions() {
   done
 }
 
+# HTTPS termination: ECDSA P-256 certificate made here (openssl), TLS 1.3,
+# each proxy with its usual TLS library (cutover: rustls; nginx, HAProxy:
+# OpenSSL) and session resumption as configured by default plus nginx's
+# shared cache. Keep-alive: wrk (HTTP/1.1; wrk offers no ALPN) and h2load
+# (ALPN h2). A new connection per request: TLS_CLIENTS `openssl s_time`
+# clients, each connecting, fetching / (HTTP/1.0) and closing in a loop,
+# with a full handshake every time (-new) or resuming the first session
+# (-reuse; the share actually resumed is counted from s_time's r/* marks).
+scenario_tls() {
+  local dir="$TMP/tls" port nginx_pids haproxy_pids
+  command -v openssl >/dev/null || die "missing tool: openssl (install with: apt-get install -y openssl)"
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null || die "openssl req failed"
+  cat "$dir/cert.pem" "$dir/key.pem" >"$dir/both.pem"
+  # cutover: its bench config with an https listener and [tls].
+  mkdir -p "$TMP/cutover-tls"
+  CUTOVER_PORT=$(free_port) CUTOVER_ADMIN=$(free_port) port=$(free_port)
+  CUTOVER_CONFIG="$TMP/cutover-tls/cutover.toml"
+  write_cutover_config "$CUTOVER_CONFIG" "$CUTOVER_PORT" "$CUTOVER_ADMIN"
+  sed -i "s|^http = .*|&\nhttps = \"127.0.0.1:$port\"|" "$CUTOVER_CONFIG"
+  printf '[tls]\ncerts = [{ cert = "%s", key = "%s" }]\n' "$dir/cert.pem" "$dir/key.pem" >>"$CUTOVER_CONFIG"
+  start_bg "$TMP/cutover-tls/cutover.log" "$CUTOVER_BIN" run --config "$CUTOVER_CONFIG"
+  CUTOVER_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$CUTOVER_PORT/" "$CUTOVER_PID" "$TMP/cutover-tls/cutover.log"
+  local cutover_tls=$port
+  # nginx: its bench config restarted with an ssl + http2 listener (ALPN
+  # h2, http/1.1) and a shared session cache.
+  start_nginx_proxy
+  port=$(free_port)
+  kill "$NGINX_PID"
+  wait "$NGINX_PID" 2>/dev/null || true
+  sed -i "s|^    listen 127.0.0.1:$NGINX_H2_PORT http2;|&\n    listen 127.0.0.1:$port ssl http2;\n    ssl_certificate $dir/cert.pem;\n    ssl_certificate_key $dir/key.pem;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;|" "$TMP/nginx/nginx.conf"
+  start_bg "$TMP/nginx/stderr.log" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf"
+  NGINX_PID=$LAST_PID
+  local nginx_tls=$port
+  # HAProxy: one more bind with ssl and ALPN.
+  start_haproxy
+  port=$(free_port)
+  kill "$HAPROXY_PID"
+  wait "$HAPROXY_PID" 2>/dev/null || true
+  sed -i "s|^  bind 127.0.0.1:$HAPROXY_H2_PORT proto h2|&\n  bind 127.0.0.1:$port ssl crt $dir/both.pem alpn h2,http/1.1|" "$TMP/haproxy/haproxy.cfg"
+  start_bg "$TMP/haproxy/haproxy.log" haproxy -db -p "$TMP/haproxy/haproxy.pid" -f "$TMP/haproxy/haproxy.cfg"
+  HAPROXY_PID=$LAST_PID
+  local haproxy_tls=$port
+  local -a targets=("cutover|$cutover_tls" "nginx|$nginx_tls" "haproxy|$haproxy_tls")
+  local t name pids url i
+  for t in "${targets[@]}"; do
+    IFS='|' read -r name port <<<"$t"
+    for ((i = 0; i < 100; i++)); do
+      curl -fsSk -o /dev/null "https://127.0.0.1:$port/" 2>/dev/null && break
+      sleep 0.1
+    done
+    [[ $(curl -fsSk -o /dev/null -w '%{http_version}' --http2 "https://127.0.0.1:$port/") == 2 ]] ||
+      die "$name does not answer HTTPS with ALPN h2 on :$port"
+  done
+  nginx_pids=$(proc_tree "$NGINX_PID" | tr '\n' ' ')
+  haproxy_pids=$(proc_tree "$HAPROXY_PID" | tr '\n' ' ')
+  targets=("cutover|$cutover_tls|$CUTOVER_PID" "nginx|$nginx_tls|$nginx_pids" "haproxy|$haproxy_tls|$haproxy_pids")
+  local round mode secs=$(seconds "$DURATION") clients=${TLS_CLIENTS:-2}
+  local out t0 t1 n r cpu0 req
+  local -a pid_list spids
+  # s_time sends "GET <www> HTTP/1.0": a Host and Connection: close ride in it.
+  req=$'/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Via: s_time'
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for t in "${targets[@]}"; do
+      IFS='|' read -r name port pids <<<"$t"
+      url="https://127.0.0.1:$port/"
+      bench "$name" h1 "$round" "$url" "$pids"
+      bench "$name" h2 "$round" "$url" "$pids"
+      read -r -a pid_list <<<"$pids"
+      for mode in new reuse; do
+        out="$TMP/raw/$name.tls-$mode.$round"
+        reset_peak "${pid_list[@]}"
+        cpu0=$(cpu_ticks "${pid_list[@]}")
+        t0=$(date +%s.%N)
+        spids=()
+        for ((i = 0; i < clients; i++)); do
+          openssl s_time -connect "127.0.0.1:$port" "-$mode" -time "$secs" -www "$req" >"$out.$i" 2>&1 &
+          spids+=($!)
+        done
+        wait "${spids[@]}" || true
+        t1=$(date +%s.%N)
+        n=$(cat "$out".* | awk '/connections in .* real seconds/ {n += $1} END {print n + 0}')
+        # s_time marks each connection: r resumed, * a full handshake.
+        r=$(grep -hE '^[*r]+$' "$out".* | tr -cd 'r' | wc -c)
+        awk -v name="$name" -v proto="h1-$([[ $mode == new ]] && echo full || echo resumed)" \
+          -v round="$round" -v n="$n" -v secs="$(echo "$t1 - $t0" | bc -l)" -v clients="$clients" \
+          -v rss="$(peak_rss_kb "${pid_list[@]}")" -v hz="$CLK_TCK" \
+          -v ticks="$(($(cpu_ticks "${pid_list[@]}") - cpu0))" \
+          'BEGIN { printf "%s\t%s\t%s\t%.2f\t%.3f\t-\t0\t0\t%s\t%.2f\n", name, proto, round, n / secs, clients * secs * 1000 / n, rss, ticks / hz * 1e6 / n }' >>"$RESULTS"
+        log "round $round $name tls $mode: $n connections in $(echo "$t1 - $t0" | bc -l) s, $r resumed"
+        printf '%s\t%s\t%s\t%s\n' "$name" "$mode" "$n" "$r" >>"$TMP/tls.tsv"
+      done
+    done
+  done
+  summarize "scenario tls: ECDSA P-256, $ROUNDS rounds x $DURATION; keep-alive: $CONNS connections (wrk h1, h2load h2 via ALPN); conn/req: $clients openssl s_time clients"
+  echo "handshakes resumed (s_time's marks), summed over rounds:"
+  awk -F'\t' '{ n[$1 " " $2] += $3; r[$1 " " $2] += $4 }
+    END { for (k in n) printf "  %-16s %7d of %7d\n", k, r[k], n[k] }' "$TMP/tls.tsv" | sort
+}
+
 # ---------------------------------------------------------------- main
+
+# HTTP/2 to the backend: h2load (h2c) through each proxy to the backend's
+# h2c port. cutover: protocol = "h2c"; haproxy: server ... proto h2; nginx:
+# grpc_pass (its only HTTP/2 upstream; proxy_pass speaks HTTP/1.x only),
+# shown as n/a if it does not answer a plain GET that way.
+scenario_h2() {
+  local h2c=$'[backends.h2]\nendpoints = ["127.0.0.1:'"$BACKEND_H2_PORT"$'"]\nprotocol = "h2c"\n[[routes]]\nname = "app"\nweights = { h2 = 100 }'
+  start_cutover cutover "$h2c"
+  local dir="$TMP/nginx-h2" specs=() nginx_pids haproxy_pids
+  NGINX_H2_PORT=$(free_port)
+  mkdir -p "$dir/temp"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes $PROXY_WORKERS;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $NGINX_CONNS; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path $dir/temp/body;
+  upstream backend_h2 {
+    server 127.0.0.1:$BACKEND_H2_PORT;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_H2_PORT http2;
+    location / { grpc_pass grpc://backend_h2; }
+  }
+}
+EOF
+  start_bg "$dir/stderr.log" nginx -e "$dir/error.log" -p "$dir/" -c "$dir/nginx.conf"
+  NGINX_PID=$LAST_PID
+  dir="$TMP/haproxy-h2"
+  HAPROXY_H2_PORT=$(free_port)
+  mkdir -p "$dir"
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread $PROXY_WORKERS
+  maxconn $HAPROXY_MAXCONN
+defaults
+  mode http
+  http-reuse always
+  timeout connect 5s
+  timeout client $HAPROXY_TIMEOUT
+  timeout server $HAPROXY_TIMEOUT
+frontend fe
+  bind 127.0.0.1:$HAPROXY_H2_PORT proto h2
+  default_backend be
+backend be
+  server s1 127.0.0.1:$BACKEND_H2_PORT proto h2
+EOF
+  haproxy -c -q -f "$dir/haproxy.cfg" || die "haproxy rejected $dir/haproxy.cfg"
+  start_bg "$dir/haproxy.log" haproxy -db -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
+  HAPROXY_PID=$LAST_PID
+  local target name url pids tries
+  for target in "direct|http://127.0.0.1:$BACKEND_H2_PORT/|-" \
+    "cutover|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID" \
+    "nginx|http://127.0.0.1:$NGINX_H2_PORT/|NGINX" \
+    "haproxy|http://127.0.0.1:$HAPROXY_H2_PORT/|HAPROXY"; do
+    IFS='|' read -r name url pids <<<"$target"
+    for ((tries = 0; tries < 50; tries++)); do
+      curl -fsS -o /dev/null --http2-prior-knowledge "$url" 2>/dev/null && break
+      sleep 0.1
+    done
+    [[ $pids == NGINX ]] && pids=$(proc_tree "$NGINX_PID" | tr '\n' ' ')
+    [[ $pids == HAPROXY ]] && pids=$(proc_tree "$HAPROXY_PID" | tr '\n' ' ')
+    if curl -fsS -o /dev/null --http2-prior-knowledge "$url"; then
+      specs+=("$name|h2c|$url|$pids|")
+    else
+      log "$name does not answer GET / over an HTTP/2 upstream on $url: n/a"
+      printf '%s\th2c\n' "$name" >>"$NA_FILE"
+    fi
+  done
+  run_matrix "${specs[@]}"
+  summarize "scenario h2 (h2c client, h2c backend): $ROUNDS rounds x $DURATION, $CONNS connections, $H2_STREAMS stream/conn" \
+    "cutover|nginx" "cutover|haproxy" "cutover|direct"
+}
 
 main() {
   case $SCENARIO in
-    basic | sticky | routes | reload | idle | large | instructions) ;;
-    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions)" ;;
+    basic | sticky | routes | reload | idle | large | instructions | h2 | tls) ;;
+    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions|h2|tls)" ;;
   esac
   check_tools
   build_cutover

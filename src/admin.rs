@@ -82,6 +82,7 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             &crate::analysis::json::document(&app.analysis.latest()),
         ),
         "/admin/analysis/gate" | "/admin/analysis/verdict" => analysis_gate(app, req),
+        "/admin/shadow" => json_response(StatusCode::OK, &shadow(app)),
         "/" | "/dashboard" => dashboard_page(),
         "/admin/history" => {
             let since = query_f64(req.uri().query(), "since").unwrap_or(0.0);
@@ -93,6 +94,20 @@ fn route(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .into(),
         ),
     }
+}
+
+/// `GET /admin/shadow`: per route with a shadow, its copies and classes.
+fn shadow(app: &App) -> Value {
+    let table = app.shared.table.load();
+    let shadows: Vec<(String, String, f64)> = table
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let s = r.shadow.as_ref()?;
+            Some((r.name.to_string(), s.spec.backend.clone(), s.spec.sample))
+        })
+        .collect();
+    app.metrics().shadow.document(&shadows)
 }
 
 /// The dashboard page, with a policy that keeps it from loading anything

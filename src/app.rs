@@ -14,8 +14,8 @@ use std::collections::HashMap;
 
 use crate::config::{self, Config, HealthSpec, Loaded};
 use crate::metrics::Metrics;
+use crate::proxy::Shared;
 use crate::proxy::server::spawn_workers;
-use crate::proxy::{Listeners, Shared, listener};
 use crate::rollout::Rollouts;
 use crate::rollout::machine::Command;
 use crate::routing::RoutingTable;
@@ -365,8 +365,24 @@ fn fit_open_files(shared: &Shared, max_connections: usize) {
 }
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
+    run_with(path, false)
+}
+
+/// `cutover run`; with `upgrade`, takes over the listening sockets of the
+/// process serving the same config, then tells it to drain
+/// ([`crate::upgrade`]).
+pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let loaded: Loaded = config::load(path)?;
     let config = loaded.config.clone();
+    let upgrade_path = crate::upgrade::socket_path(config.upgrade_socket.as_deref(), path);
+    let mut taken = match upgrade {
+        true => Some(crate::upgrade::take(&upgrade_path)?),
+        false => None,
+    };
+    let mut inherited = taken
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.sockets))
+        .unwrap_or_default();
     // The control plane (admin, watcher, health checks, signals) runs on
     // this thread; the data plane on the worker threads.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -396,8 +412,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let http = config.listen_http.context("listen.http is required")?;
     // Every listener is bound before anything is served, so an address in
     // use stops the start with nothing half running.
-    let listeners = Listeners::bind(http, config.workers).context("listen.http")?;
-    tracing::info!(listener = "http", addr = %listeners.addr, workers = config.workers, "listening");
+    let listeners = crate::upgrade::listen(
+        "listen.http",
+        http,
+        config.workers,
+        std::mem::take(&mut inherited.http),
+    )?;
+    tracing::info!(listener = "http", addr = %listeners.addr, workers = config.workers, inherited = upgrade, "listening");
     let mut resolver = None;
     let https = match config.listen_https {
         None => None,
@@ -410,14 +431,32 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             });
             let acceptor = TlsAcceptor::from(crate::tls::server_config(r.clone())?);
             resolver = Some(r);
-            let l = Listeners::bind(addr, config.workers).context("listen.https")?;
+            let l = crate::upgrade::listen(
+                "listen.https",
+                addr,
+                config.workers,
+                std::mem::take(&mut inherited.https),
+            )?;
             tracing::info!(listener = "https", addr = %l.addr, "listening");
             Some((l, acceptor))
         }
     };
     let admin = match config.admin {
-        Some(addr) => Some(listener::bind(addr).context("admin.listen")?),
+        Some(addr) => Some(crate::upgrade::listen_one(
+            "admin.listen",
+            addr,
+            inherited.admin.take(),
+        )?),
         None => None,
+    };
+    // Copies of every listening socket, for the next upgrade.
+    let handover = crate::upgrade::Sockets {
+        http: listeners.dup()?,
+        https: match &https {
+            Some((l, _)) => l.dup()?,
+            None => Vec::new(),
+        },
+        admin: admin.as_ref().map(|a| a.try_clone()).transpose()?,
     };
     let (stop, stopped) = watch::channel(false);
     let workers = spawn_workers(shared.clone(), listeners, https, stopped);
@@ -450,10 +489,26 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     app.record_success(1);
 
     let result = rt.block_on(async {
+        let mut admin_task = None;
         if let Some(admin) = admin {
             let listener = tokio::net::TcpListener::from_std(admin)?;
             tracing::info!(listener = "admin", addr = %listener.local_addr()?, "listening");
-            tokio::spawn(crate::admin::serve(listener, app.clone()));
+            admin_task = Some(tokio::spawn(crate::admin::serve(listener, app.clone())));
+        }
+        // Serving now: the old process, if any, may stop accepting.
+        if let Some(taken) = taken.take() {
+            let old = tokio::task::spawn_blocking(move || taken.ready()).await??;
+            tracing::info!(pid = old, "upgrade: serving; the old process drains");
+        }
+        let offer = match crate::upgrade::Offer::start(&upgrade_path, handover) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(path = ?upgrade_path, error = %e, "no upgrade socket; `cutover run --upgrade` cannot take over from this process");
+                None
+            }
+        };
+        if let Some(o) = &offer {
+            tracing::debug!(path = ?o.path(), "upgrade socket");
         }
         tokio::spawn(crate::analysis::window::run(
             app.analysis.clone(),
@@ -473,13 +528,26 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         if let Some(queue) = app.rollouts.notify.receiver() {
             tokio::spawn(crate::rollout::notify::deliver(queue));
         }
-        wait_for_stop(&app).await?;
+        let upgraded = tokio::select! {
+            r = wait_for_stop(&app) => { r?; None }
+            pid = handed_over(offer.as_ref()) => Some(pid),
+        };
+        if let Some(o) = &offer {
+            o.close();
+        }
 
         // `/readyz` answers 503 first, for `server.drain_delay`, while the
         // listeners still serve: load balancers stop sending before the
-        // listeners close. A second signal skips the wait.
+        // listeners close. A second signal skips the wait. After an
+        // upgrade the new process serves the same sockets: no delay, and
+        // its admin listener takes every admin connection.
         app.draining.store(true, Ordering::Relaxed);
-        if !drain_delay.is_zero() {
+        if let Some(pid) = upgraded {
+            tracing::info!(pid, "upgraded: the new process serves the listeners");
+            if let Some(t) = &admin_task {
+                t.abort();
+            }
+        } else if !drain_delay.is_zero() {
             tracing::info!(delay = ?drain_delay, "shutting down: /readyz reports draining; listeners close after the delay");
             let _ = tokio::time::timeout(drain_delay, wait_for_stop(&app)).await;
         }
@@ -504,6 +572,22 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The new process's pid once an upgrade handed the sockets over; never
+/// without an upgrade socket.
+async fn handed_over(offer: Option<&crate::upgrade::Offer>) -> u32 {
+    if let Some(mut rx) = offer.map(|o| o.handed_over()) {
+        loop {
+            if let Some(pid) = *rx.borrow_and_update() {
+                return pid;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// Reloads on SIGHUP; returns on SIGTERM or SIGINT. A reload runs on a

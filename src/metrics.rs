@@ -98,6 +98,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// What [`RouteMetrics`] resolve their children from.
     families: Arc<Families>,
+    /// `cutover_shadow_*` and what `/admin/shadow` shows (`crate::shadow`).
+    pub shadow: Arc<crate::shadow::ShadowMetrics>,
 }
 
 /// `cutover_backend_weight{route,backend}`, kept as a map of the names the
@@ -375,6 +377,7 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("process metrics register once");
+        let shadow = Arc::new(crate::shadow::ShadowMetrics::new(&registry, buckets));
         let families = Arc::new(Families {
             requests: requests.clone(),
             duration: duration.clone(),
@@ -392,6 +395,7 @@ impl Metrics {
         });
         Metrics {
             families,
+            shadow,
             registry,
             requests,
             weight,

@@ -5,6 +5,8 @@
 mod common;
 #[path = "grpc/echo.rs"]
 mod echo;
+#[path = "grpc/refuse.rs"]
+mod refuse;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -361,6 +363,60 @@ async fn goaway_replaces_the_connection_without_failing_calls() {
             .expect("unary after the last GOAWAY");
     }
     assert!(blue.connections() >= 2, "{}", blue.connections());
+}
+
+/// Streams the backend never processed go out again instead of failing:
+/// a server that refuses every third stream (REFUSED_STREAM; a call at
+/// most once) and sends GOAWAY every 10 streams, under 8 concurrent
+/// callers, fails no call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_and_goaway_are_resent() {
+    let b = refuse::Refusing::start(10).await;
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [backends.blue]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n\n\
+         [[routes]]\nname = \"grpc\"\nweights = {{ blue = 100 }}\n",
+        b.addr
+    ))
+    .await;
+    let c = echo::client(p.http).await;
+    let callers = (0..8).map(|i| {
+        let mut c = echo::Client(c.0.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for j in 0..25u8 {
+                let mut req = tonic::Request::new(msg(&[i, j]));
+                req.metadata_mut()
+                    .insert("x-call", format!("{i}-{j}").parse().unwrap());
+                match c.unary(req).await {
+                    Ok(r) => assert_eq!(r.get_ref().data, [i, j]),
+                    Err(s) => failed.push(s),
+                }
+            }
+            failed
+        })
+    });
+    let failed: Vec<_> = futures_util::future::join_all(callers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 200 calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(b.answered(), 200);
+    // About a third of the ~300 streams.
+    assert!(b.refused() >= 30, "{} refused", b.refused());
+    assert!(b.connections() >= 10, "{} connections", b.connections());
+    let m = p.metrics().await;
+    assert_eq!(
+        common::metric(&m, "cutover_grpc_responses_total", &[("grpc_status", "0")]),
+        200.0,
+        "{m}"
+    );
 }
 
 /// An HTTP/1.1 client to an HTTP/2 backend and back; the backend sees
@@ -732,4 +788,234 @@ async fn expect_continue_to_h2c_backend_is_not_held() {
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     let took = started.elapsed();
     assert!(took < Duration::from_millis(800), "{took:?}");
+}
+
+/// Green's errors as the A/B comparison sees them: from /admin/analysis
+/// and from `cutover_analysis_requests_total{class="error"}`.
+async fn green_errors(p: &Proxy) -> (Option<u64>, f64) {
+    let doc: serde_json::Value = reqwest::get(p.admin_url("/admin/analysis"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let analysis = doc["routes"][0]["comparisons"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["backend"] == "green"))
+        .and_then(|c| c["errors"].as_u64());
+    let m = p.metrics().await;
+    let metric = common::metric(
+        &m,
+        "cutover_analysis_requests_total",
+        &[("backend", "green"), ("class", "error")],
+    );
+    (analysis, metric)
+}
+
+/// `[grpc] error_codes`: with NOT_FOUND listed, a green answering NOT_FOUND
+/// counts as errors in /metrics and /admin/analysis (and is ejected after
+/// 5 in a row); with the default list it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_error_codes_are_configurable() {
+    for (extra, errors) in [("[grpc]\nerror_codes = [\"NOT_FOUND\", 14]\n", 5), ("", 0)] {
+        let (_blue, green, p) = setup(
+            (50, 50),
+            &format!(
+                "[backends.green.outlier]\nmax_ejected_percent = 100\nbase_ejection_time = \"60s\"\n\n{extra}"
+            ),
+        )
+        .await;
+        green
+            .state
+            .fail_all
+            .store(Code::NotFound as i32, Ordering::Relaxed);
+        let mut c = echo::client(p.http).await;
+        let mut not_found = 0;
+        for _ in 0..40 {
+            if let Err(s) = c.unary(msg(b"")).await {
+                assert_eq!(s.code(), Code::NotFound);
+                not_found += 1;
+            }
+        }
+        // Counted: ejected after 5 in a row. Not counted: green keeps its
+        // half, binomial(40, 0.5) >= 5 but with p < 1e-6.
+        if errors > 0 {
+            assert_eq!(not_found, 5, "{extra}");
+        } else {
+            assert!(not_found > 5, "{not_found}");
+        }
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                green_errors(&p).await == (Some(errors), errors as f64)
+            })
+            .await,
+            "{extra:?}: green's errors {:?}, want {errors}",
+            green_errors(&p).await
+        );
+        let m = p.metrics().await;
+        assert_eq!(
+            common::metric(
+                &m,
+                "cutover_grpc_responses_total",
+                &[("backend", "green"), ("grpc_status", "5")],
+            ),
+            not_found as f64,
+            "{m}"
+        );
+    }
+}
+
+/// A bad `[grpc] error_codes` entry is rejected at its file:line:col.
+#[test]
+fn bad_grpc_error_codes_are_rejected_at_their_location() {
+    let dir = tempfile::tempdir().unwrap();
+    for (bad, col) in [("\"NOT_A_CODE\"", 30), ("17", 30), ("-1", 30)] {
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:0\"\n\n[backends.blue]\nendpoints = [\"127.0.0.1:1\"]\n\n\
+                 [[routes]]\nname = \"a\"\nweights = {{ blue = 1 }}\n\n[grpc]\nerror_codes = [\"unavailable\", {bad}]\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains(&format!("cutover.toml:12:{col}: grpc.error_codes[1]")),
+            "{bad}: {text}"
+        );
+    }
+}
+
+/// `retry_on = ["5xx"]`: a call answered UNAVAILABLE trailers-only (no
+/// response byte) is retried on the other endpoint and succeeds; a call
+/// that already received a message is never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_before_any_byte_is_retried() {
+    let down = Server::start("down").await;
+    let up = Server::start("up").await;
+    down.state
+        .fail_all
+        .store(Code::Unavailable as i32, Ordering::Relaxed);
+    let p = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [backends.blue]\nendpoints = [\"{}\", \"{}\"]\nprotocol = \"h2c\"\nretry_on = [\"5xx\"]\n\
+         outlier = {{ consecutive_failures = 0 }}\n\n\
+         [[routes]]\nname = \"grpc\"\nweights = {{ blue = 100 }}\n",
+        down.addr, up.addr
+    ))
+    .await;
+    let mut c = echo::client(p.http).await;
+    for i in 0..20u8 {
+        let r = c
+            .unary(msg(&[i; 100]))
+            .await
+            .expect("retried to the healthy endpoint");
+        assert_eq!(r.get_ref().text, "up");
+        assert_eq!(r.get_ref().data, [i; 100]);
+    }
+    // Round robin: about half went to `down` first (at least one: p = 2^-19).
+    assert!(down.calls() >= 1, "{}", down.calls());
+    assert_eq!(up.calls(), 20);
+    let m = p.metrics().await;
+    assert_eq!(
+        common::metric(&m, "cutover_retries_total", &[("reason", "5xx")]),
+        down.calls() as f64,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric(&m, "cutover_grpc_responses_total", &[("grpc_status", "14")]),
+        0.0,
+        "{m}"
+    );
+
+    // One message, then UNAVAILABLE in the trailers: the client gets both,
+    // and the call reached one server once.
+    let before = down.calls() + up.calls();
+    for _ in 0..4 {
+        let mut s = c
+            .server_stream(Msg {
+                count: 1,
+                fail_code: Code::Unavailable as i32,
+                ..Msg::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().expect("the message");
+        let status = s.message().await.expect_err("UNAVAILABLE after it");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    assert_eq!(down.calls() + up.calls(), before + 4);
+}
+
+/// `health = { grpc = true }`: `grpc.health.v1.Health/Check`; NOT_SERVING
+/// takes green out (all traffic to blue), SERVING brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_follow_serving_status() {
+    let (blue, green, p) = setup(
+        (50, 50),
+        "[backends.green.health]\ngrpc = true\nservice = \"test.Echo\"\ninterval = \"100ms\"\n\
+         healthy_threshold = 1\nunhealthy_threshold = 1\n",
+    )
+    .await;
+    let healthy = |p: &Proxy| {
+        let p = p.admin_url("/metrics");
+        async move {
+            let m = reqwest::get(p).await.unwrap().text().await.unwrap();
+            common::metric(&m, "cutover_endpoint_healthy", &[("backend", "green")])
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            green.state.health_checks.load(Ordering::Relaxed) >= 1
+        })
+        .await
+    );
+    assert_eq!(
+        green.state.health_service.lock().unwrap().as_deref(),
+        Some("test.Echo")
+    );
+    assert_eq!(healthy(&p).await, 1.0);
+
+    green
+        .state
+        .health
+        .store(echo::NOT_SERVING, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            healthy(&p).await == 0.0
+        })
+        .await,
+        "NOT_SERVING did not take green out"
+    );
+    let mut c = echo::client(p.http).await;
+    let green_before = green.calls();
+    for _ in 0..30 {
+        assert_eq!(c.unary(msg(b"")).await.unwrap().get_ref().text, "blue");
+    }
+    assert_eq!(green.calls(), green_before);
+
+    green.state.health.store(echo::SERVING, Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            healthy(&p).await == 1.0
+        })
+        .await,
+        "SERVING did not bring green back"
+    );
+    // 30 calls at 50/50 all on blue: p = 2^-30.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..30 {
+        seen.insert(c.unary(msg(b"")).await.unwrap().into_inner().text);
+    }
+    assert_eq!(seen.len(), 2);
+    drop(blue);
 }

@@ -272,6 +272,13 @@ impl Windows {
         for a in &out {
             publish(metrics, a);
         }
+        // Shadow copies: their own comparison, in `/admin/analysis` only.
+        out.extend(
+            table
+                .routes
+                .iter()
+                .filter_map(|r| crate::shadow::evidence::tick(r, now)),
+        );
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = out;
     }
 }

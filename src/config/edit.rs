@@ -43,6 +43,29 @@ pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result
     }
     let before =
         fs::read_to_string(&target).with_context(|| format!("cannot read {}", target.display()))?;
+    let (after, changes) = edit_text(&target, &before, route, &edit).map_err(|e| {
+        if e.is::<super::ConfigError>() {
+            anyhow::anyhow!("the edited config would be invalid; file left unchanged:\n{e}")
+        } else {
+            e
+        }
+    })?;
+    if after != before {
+        write_atomically(&target, &dir, after.as_bytes())?;
+    }
+    Ok(changes)
+}
+
+/// The pure part of [`apply`]: the edited text of `before` (the file at
+/// `path`, which names it in errors) and one line per changed route, or an
+/// error, a [`super::ConfigError`] when the result would not validate.
+/// Reads and writes nothing; the fuzzer drives it (fuzz/checks/edit.rs).
+pub fn edit_text(
+    path: &Path,
+    before: &str,
+    route: Option<&str>,
+    edit: &Edit<'_>,
+) -> anyhow::Result<(String, Vec<String>)> {
     // toml_edit writes "\n" and drops a byte-order mark: put both back.
     let bom = before.starts_with('\u{feff}');
     let mut doc: DocumentMut =
@@ -52,7 +75,7 @@ pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result
             .map_err(|e: toml_edit::TomlError| {
                 anyhow::anyhow!("{}: {}", path.display(), e.message())
             })?;
-    let changes = edit_routes(&mut doc, route, &edit)?;
+    let changes = edit_routes(&mut doc, route, edit)?;
     let mut after = restore_line_endings(before.trim_start_matches('\u{feff}'), &doc.to_string());
     if bom {
         after.insert(0, '\u{feff}');
@@ -60,13 +83,8 @@ pub fn apply(path: &Path, route: Option<&str>, edit: Edit<'_>) -> anyhow::Result
     // The same validation as `cutover check`, without resolving secrets:
     // the operator's shell need not see the proxy's secret files or
     // environment, least of all during a rollback.
-    super::parse(&target, &after).map_err(|e| {
-        anyhow::anyhow!("the edited config would be invalid; file left unchanged:\n{e}")
-    })?;
-    if after != before {
-        write_atomically(&target, &dir, after.as_bytes())?;
-    }
-    Ok(changes)
+    super::parse(path, &after)?;
+    Ok((after, changes))
 }
 
 fn edit_routes(

@@ -36,6 +36,9 @@ pub struct Config {
     /// On SIGTERM, how long `/readyz` says 503 before the listeners close,
     /// so load balancers stop sending first (`server.drain_delay`).
     pub drain_delay: std::time::Duration,
+    /// `server.upgrade_socket`: where `cutover run --upgrade` finds this
+    /// process; `None`: derived from the config path ([`crate::upgrade`]).
+    pub upgrade_socket: Option<PathBuf>,
     pub metric_buckets: Vec<f64>,
     /// Sorted by name.
     pub backends: Vec<BackendSpec>,
@@ -116,6 +119,9 @@ pub struct BackendSpec {
     pub max_connections: usize,
     /// How the endpoints are spoken to (`protocol`).
     pub protocol: Protocol,
+    /// gRPC statuses that count as errors (`[grpc] error_codes`, the same
+    /// for every backend).
+    pub grpc_errors: GrpcCodeSet,
 }
 
 /// How Cutover speaks to a backend's endpoints (`backends.NAME.protocol`).
@@ -159,7 +165,11 @@ pub struct UpstreamTls {
 /// Active health checks of every endpoint of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSpec {
+    /// For gRPC checks, [`HealthSpec::GRPC_PATH`].
     pub path: String,
+    /// `grpc = true`: the gRPC health protocol, asking about this service
+    /// ("" for the whole server); SERVING is healthy.
+    pub grpc: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_threshold: u32,
@@ -167,6 +177,11 @@ pub struct HealthSpec {
     /// Empty: any 2xx.
     pub expected_status: Vec<u16>,
     pub start_unhealthy: bool,
+}
+
+impl HealthSpec {
+    /// The gRPC health check's method (`grpc/health/v1/health.proto`).
+    pub const GRPC_PATH: &'static str = "/grpc.health.v1.Health/Check";
 }
 
 /// Passive ejection after consecutive failures (Envoy's outlier detection).
@@ -179,6 +194,49 @@ pub struct OutlierSpec {
     pub max_ejected_percent: u32,
     /// Any 5xx counts as a failure, not only 502/503/504 (`on = ["5xx"]`).
     pub on_5xx: bool,
+}
+
+/// A set of gRPC status codes (0 to 16), as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GrpcCodeSet(pub u32);
+
+impl GrpcCodeSet {
+    /// The status names of the gRPC spec (`doc/statuscodes.md`), by code.
+    pub const NAMES: [&'static str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+
+    pub fn contains(self, code: u8) -> bool {
+        code < 32 && self.0 & (1 << code) != 0
+    }
+
+    pub fn with(self, code: u8) -> GrpcCodeSet {
+        GrpcCodeSet(self.0 | 1 << code)
+    }
+}
+
+/// UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE and DATA_LOSS: the
+/// statuses that say the service failed rather than the call.
+impl Default for GrpcCodeSet {
+    fn default() -> GrpcCodeSet {
+        GrpcCodeSet(1 << 2 | 1 << 4 | 1 << 13 | 1 << 14 | 1 << 15)
+    }
 }
 
 /// Retries within a backend.
@@ -243,6 +301,8 @@ pub struct RouteSpec {
     pub rollout: Option<RolloutSpec>,
     /// The route's `analysis` table: how its backends are compared.
     pub analysis: AnalysisSpec,
+    /// `shadow = { ... }`: mirroring to another backend (`crate::shadow`).
+    pub shadow: Option<crate::shadow::ShadowSpec>,
 }
 
 /// A route's A/B comparison settings (`[routes.analysis]`).

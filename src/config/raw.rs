@@ -33,6 +33,17 @@ pub struct RawConfig {
     pub rollout: RawRolloutGlobal,
     /// `[access_log]`: one line per request; off without it.
     pub access_log: Option<Spanned<RawAccessLog>>,
+    /// `[grpc]`: how gRPC answers are judged.
+    #[serde(default)]
+    pub grpc: RawGrpc,
+}
+
+/// `[grpc]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpc {
+    /// Statuses that count as errors, by name or number.
+    pub error_codes: Option<Spanned<Vec<Spanned<toml::Value>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,13 +77,22 @@ pub struct RawNotify {
 pub struct RawRollout {
     pub id: Str,
     pub canary: Str,
-    pub steps: Spanned<Vec<Spanned<i64>>>,
+    pub steps: Spanned<Vec<Spanned<RawStep>>>,
     pub hold: Option<Str>,
     pub min_requests: Option<Spanned<i64>>,
     pub on_failure: Option<Str>,
     pub notify: Option<Spanned<RawNotify>>,
     /// RFC 3339: when the first step starts, the same for every replica.
     pub start: Option<Str>,
+}
+
+/// A rollout step: the canary's weight, or `"shadow"` (weight 0 with the
+/// route's `shadow` mirroring to the canary, judged on the copies).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStep {
+    Weight(i64),
+    Name(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +153,7 @@ pub struct RawLimits {
 pub struct RawServer {
     pub workers: Option<Spanned<i64>>,
     pub drain_delay: Option<Str>,
+    pub upgrade_socket: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,7 +184,13 @@ pub struct RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    pub path: Str,
+    /// Required unless `grpc = true`.
+    pub path: Option<Str>,
+    /// Check with the gRPC health protocol (`grpc.health.v1.Health/Check`).
+    #[serde(default)]
+    pub grpc: bool,
+    /// The service the gRPC check asks about; "" (the default): the server.
+    pub service: Option<Str>,
     pub interval: Option<Str>,
     pub timeout: Option<Str>,
     pub healthy_threshold: Option<Spanned<i64>>,
@@ -202,6 +229,29 @@ pub struct RawRoute {
     pub failover: Option<bool>,
     pub rollout: Option<Spanned<RawRollout>>,
     pub analysis: Option<Spanned<RawAnalysis>>,
+    /// `shadow = { backend = "green", ... }`: mirror sampled requests.
+    pub shadow: Option<Spanned<RawShadow>>,
+}
+
+/// `shadow = { ... }`: a sampled copy of requests to another backend,
+/// whose answers are compared with the client's (`crate::shadow`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub backend: Str,
+    pub sample: Option<Spanned<f64>>,
+    pub methods: Option<Spanned<Vec<Str>>>,
+    /// Bytes, or a string like `"64KiB"`.
+    pub max_body: Option<Spanned<toml::Value>>,
+    pub compare_headers: Option<Spanned<Vec<Str>>>,
+    pub ignore: Option<Spanned<Vec<Str>>>,
+    #[serde(default)]
+    pub noise: bool,
+    #[serde(default)]
+    pub keep_examples: bool,
+    pub timeout: Option<Str>,
+    /// Mirrored requests in flight per worker at most.
+    pub queue: Option<Spanned<i64>>,
 }
 
 /// `[routes.analysis]`: how the route's backends are compared.

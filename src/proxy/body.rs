@@ -31,6 +31,15 @@ pub enum ResponseBody {
     /// Either of the above, with its access log line (only with
     /// `[access_log]`), written when the body ends or is dropped.
     Logged(Box<Logged>),
+    /// The upstream's body, copied (up to a limit) for a shadow comparison
+    /// as it streams to the client (`crate::shadow`).
+    Teed(Box<Teed>),
+}
+
+#[derive(Debug)]
+pub struct Teed {
+    body: ResponseBody,
+    tee: crate::upstream::tee::Tee,
 }
 
 #[derive(Debug)]
@@ -49,6 +58,14 @@ impl ResponseBody {
     }
 
     /// This body, with `entry` written out when it ends.
+    /// This body, copied into `tee` as it streams (if there is one).
+    pub fn teed(self, tee: Option<crate::upstream::tee::Tee>) -> ResponseBody {
+        match tee {
+            Some(tee) => ResponseBody::Teed(Box::new(Teed { body: self, tee })),
+            None => self,
+        }
+    }
+
     pub fn logged(self, entry: Option<crate::access_log::Entry>) -> ResponseBody {
         match entry {
             Some(entry) => ResponseBody::Logged(Box::new(Logged { body: self, entry })),
@@ -106,6 +123,23 @@ impl Body for ResponseBody {
                 }
                 frame
             }
+            ResponseBody::Teed(t) => {
+                let frame = Pin::new(&mut t.body).poll_frame(cx);
+                match &frame {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(data) = f.data_ref() {
+                            t.tee.data(data);
+                        }
+                        if t.body.is_end_stream() {
+                            t.tee.end();
+                        }
+                    }
+                    Poll::Ready(None) => t.tee.end(),
+                    Poll::Ready(Some(Err(_))) => t.tee.abandon(),
+                    Poll::Pending => {}
+                }
+                frame
+            }
         }
     }
 
@@ -114,6 +148,7 @@ impl Body for ResponseBody {
             ResponseBody::Upstream { body, .. } => body.is_end_stream(),
             ResponseBody::Local(b) => b.is_none(),
             ResponseBody::Logged(l) => l.body.is_end_stream(),
+            ResponseBody::Teed(t) => t.body.is_end_stream(),
         }
     }
 
@@ -124,6 +159,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Logged(l) => l.body.size_hint(),
+            ResponseBody::Teed(t) => t.body.size_hint(),
         }
     }
 }
@@ -134,6 +170,15 @@ impl Drop for Logged {
     fn drop(&mut self) {
         if self.body.is_end_stream() {
             self.entry.ended();
+        }
+    }
+}
+
+impl Drop for Teed {
+    /// An empty body the server never polled has ended too.
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.tee.end();
         }
     }
 }

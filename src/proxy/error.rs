@@ -17,6 +17,9 @@ pub enum ProxyError {
     AmbiguousFraming,
     /// A transfer coding other than a single `chunked` (RFC 9112 §6.1).
     UnsupportedTransferCoding,
+    /// `CONNECT`: a forward proxy's tunnel (RFC 9110 §9.3.6), which a
+    /// reverse proxy does not offer.
+    Connect,
     /// No `Host`, or several, in HTTP/1.1 (RFC 9112 §3.2).
     BadHost,
     NoRoute,
@@ -38,7 +41,9 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
-            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UnsupportedTransferCoding | ProxyError::Connect => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
@@ -60,6 +65,7 @@ impl ProxyError {
             ProxyError::UnsupportedTransferCoding => {
                 "not implemented: only a single chunked transfer coding is supported\n"
             }
+            ProxyError::Connect => "not implemented: CONNECT is not supported\n",
             ProxyError::BadHost => "bad request: exactly one Host header is required\n",
             ProxyError::NoRoute => "no route for this host and path\n",
             ProxyError::ClientBody => "bad request: the request body could not be read\n",
@@ -87,6 +93,7 @@ impl ProxyError {
         match self {
             ProxyError::AmbiguousFraming => "ambiguous_framing",
             ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ProxyError::Connect => "connect_method",
             ProxyError::BadHost => "bad_host",
             ProxyError::NoRoute => "no_route",
             ProxyError::ClientBody => "client_body",

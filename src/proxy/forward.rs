@@ -1,8 +1,13 @@
 //! Sending a request upstream, with retries. A retry happens only when it is
 //! safe: nothing reached the backend (connect refused or timed out), or, with
-//! `retry_on = ["5xx"]`, an idempotent request got 502/503/504. It goes to
-//! another endpoint of the same backend, else (with failover) to another
-//! backend of the route, within the backend's retry budget.
+//! `retry_on = ["5xx"]`, an idempotent request got 502/503/504 or a gRPC
+//! call got UNAVAILABLE before any response byte. It goes to another
+//! endpoint of the same backend, else (with failover) to another backend of
+//! the route, within the backend's retry budget.
+//!
+//! Apart from those, a request an HTTP/2 backend did not process
+//! (REFUSED_STREAM, or above a GOAWAY's last-stream-id) goes out again on
+//! the same endpoint: nothing was done, so it is a resend, not a retry.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,7 @@ use crate::upstream::Endpoint;
 use crate::upstream::endpoint::{InFlight, now_ms};
 use crate::upstream::expect;
 use crate::upstream::pool::{Lease, SendError, UpstreamError};
+use crate::upstream::replay::{Recording, Rewound};
 
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
@@ -60,12 +66,31 @@ struct Replay {
     body: Option<Bytes>,
 }
 
+/// Resends of a request an HTTP/2 backend did not process, at most: a
+/// backend refusing every stream cannot hold a request forever.
+const MAX_RESENDS: u32 = 3;
+
+/// How long a given-up attempt may take to hand its body back
+/// ([`Rewound`]): at once when the request was all sent or its stream
+/// reset; a stream still uploading after a trailers-only answer is not
+/// waited for longer.
+const REWIND_WAIT: Duration = Duration::from_secs(1);
+
+/// A request whose body is kept as it is sent (`replay.rs`), to be sent
+/// again though hyper no longer has it.
+struct Resend {
+    head: Replay,
+    back: tokio::sync::oneshot::Receiver<Rewound>,
+}
+
 /// The request's own context: when it started, its ID (for the event logs
 /// of its failures), and a counter of its body's bytes (access log).
 pub struct Context<'a> {
     pub started: Instant,
     pub request_id: &'a str,
     pub bytes_in: Option<Arc<AtomicU64>>,
+    /// A copy of the body for a shadow request (`crate::shadow`).
+    pub tee: Option<crate::upstream::tee::Tee>,
 }
 
 pub async fn forward<'t>(
@@ -81,6 +106,7 @@ pub async fn forward<'t>(
         started,
         request_id,
         bytes_in,
+        tee,
     } = cx;
     let policy = &route.backends[backend].backend.retry;
     // A gRPC call's own deadline (`grpc-timeout`) when it is shorter.
@@ -98,6 +124,9 @@ pub async fn forward<'t>(
     if let Some(counter) = bytes_in {
         body.count_into(counter);
     }
+    if let Some(tee) = tee {
+        body.tee_into(tee);
+    }
     let uploading = (!body.is_end_stream()).then(|| body.polled());
     // A request that never reached a backend comes back whole from the pool,
     // so connect failures retry without a copy. Only 5xx retries need one:
@@ -112,6 +141,8 @@ pub async fn forward<'t>(
         && endpoint.protocol == crate::config::Protocol::Http1
         && expect::expects_continue(&parts.headers);
     let mut held = None;
+    let multiplexed = endpoint.protocol != crate::config::Protocol::Http1;
+    let mut resend: Option<Resend> = None;
     let body = if expects {
         held = Some(body);
         RequestBody::Empty
@@ -154,16 +185,33 @@ pub async fn forward<'t>(
         } else {
             RequestBody::Streaming(body)
         }
-    } else if body.is_end_stream() {
-        RequestBody::Empty
+    } else if !multiplexed {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Streaming(body)
+        }
     } else {
-        RequestBody::Streaming(body)
+        // HTTP/2: hyper loses a request whose stream the backend refused,
+        // so keep it (its body up to `retry_buffer_bytes`, as it is sent).
+        let (recording, back) = Recording::new(body, policy.buffer_bytes);
+        resend = Some(Resend {
+            head: Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                body: None,
+            },
+            back,
+        });
+        RequestBody::Replayable(Box::new(recording))
     };
     route.backends[backend].backend.budget.deposit(started);
 
     let mut req = Request::from_parts(parts, body);
     let gate = held.map(|body| expect::hold(&mut req, body));
     let mut attempt = 0;
+    let mut resends = 0;
     loop {
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
@@ -230,6 +278,32 @@ pub async fn forward<'t>(
                         | StatusCode::SERVICE_UNAVAILABLE
                         | StatusCode::GATEWAY_TIMEOUT
                 ) && attempt < policy.retries;
+                // gRPC: UNAVAILABLE before any response byte (trailers-only)
+                // may be retried, like a 503 (gRPC's retry design, A6).
+                if grpc
+                    && policy.on_5xx
+                    && attempt < policy.retries
+                    && super::grpc::unavailable_at_once(&resp)
+                    && let Some(r) = resend.take()
+                    && let Some(next) = retry_target(route, backend, endpoint)
+                    && let Some((again, r)) = r.rewind(deadline).await
+                {
+                    if this.backend.grpc_errors.contains(super::grpc::UNAVAILABLE) {
+                        this.backend.report_failure(endpoint);
+                    }
+                    tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                        request_id, "retrying a gRPC call answered UNAVAILABLE");
+                    this.metrics.retry(RetryReason::Status5xx);
+                    drop((resp, lease));
+                    req = again;
+                    resend = Some(r);
+                    if next.0 != backend {
+                        route.count_failover(backend, next.0);
+                    }
+                    (backend, endpoint) = next;
+                    attempt += 1;
+                    continue;
+                }
                 let target = match &replay {
                     Some(r) if retry => retry_target(route, backend, endpoint).map(|t| (t, r)),
                     _ => None,
@@ -278,6 +352,39 @@ pub async fn forward<'t>(
                     endpoint: Some(endpoint),
                     retries: attempt,
                 });
+            }
+            Ok(Err(SendError {
+                error: error @ UpstreamError::Http(_),
+                unsent: None,
+            })) if resends < MAX_RESENDS
+                && endpoint.protocol != crate::config::Protocol::Http1
+                && matches!(&error, UpstreamError::Http(e) if crate::upstream::h2::unprocessed(e))
+                && resend.is_some() =>
+            {
+                // Not processed (RFC 9113 §8.7): the same request again, on
+                // the same endpoint; the pool skips a connection that is
+                // going away. Not the endpoint's failure.
+                let again = match resend.take() {
+                    Some(r) => r.rewind(deadline).await,
+                    None => None,
+                };
+                let Some((again, r)) = again else {
+                    let kind = classify(&error);
+                    this.metrics.upstream_error(kind);
+                    return Err(Failed {
+                        err: ProxyError::Upstream(kind),
+                        backend,
+                        endpoint: Some(endpoint),
+                        retries: attempt,
+                    });
+                };
+                tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
+                    error = %error_chain(&error), request_id, "resending a request the backend did not process");
+                this.metrics.retry(RetryReason::Connect);
+                req = again;
+                resend = Some(r);
+                resends += 1;
+                continue;
             }
             Ok(Err(SendError { error, unsent })) => {
                 if is_client_body(&error) {
@@ -390,6 +497,30 @@ fn retry_target<'t>(
         return None;
     }
     Some(target)
+}
+
+impl Resend {
+    /// The request again, once the given-up attempt handed its body back;
+    /// `None` if it could not be kept (larger than `retry_buffer_bytes`).
+    async fn rewind(
+        self,
+        deadline: tokio::time::Instant,
+    ) -> Option<(Request<RequestBody>, Resend)> {
+        let until = deadline.min(tokio::time::Instant::now() + REWIND_WAIT);
+        let rewound = tokio::time::timeout_at(until, self.back).await.ok()?.ok()?;
+        let (recording, back) = rewound.replay();
+        let mut req = Request::new(RequestBody::Replayable(Box::new(recording)));
+        *req.method_mut() = self.head.method.clone();
+        *req.uri_mut() = self.head.uri.clone();
+        *req.headers_mut() = self.head.headers.clone();
+        Some((
+            req,
+            Resend {
+                head: self.head,
+                back,
+            },
+        ))
+    }
 }
 
 impl Replay {

@@ -21,7 +21,8 @@ pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 static CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
-/// The status codes Cutover itself uses or judges by.
+/// The status codes Cutover itself uses or judges by (which ones count as
+/// errors: `config::GrpcCodeSet`, `[grpc] error_codes`).
 pub const OK: u8 = 0;
 pub const CANCELLED: u8 = 1;
 pub const UNKNOWN: u8 = 2;
@@ -60,13 +61,10 @@ pub fn status_of(map: &HeaderMap) -> Option<u8> {
     Some(if code > MAX_CODE { UNKNOWN } else { code })
 }
 
-/// The statuses that say the service failed rather than the call:
-/// they count as errors in the A/B evidence and towards ejection.
-pub fn is_error(code: u8) -> bool {
-    matches!(
-        code,
-        UNKNOWN | DEADLINE_EXCEEDED | INTERNAL | UNAVAILABLE | DATA_LOSS
-    )
+/// A trailers-only answer (`grpc-status` in the headers: no response byte
+/// of the call) with UNAVAILABLE: a call that may be retried.
+pub fn unavailable_at_once<B>(resp: &Response<B>) -> bool {
+    resp.status() == http::StatusCode::OK && status_of(resp.headers()) == Some(UNAVAILABLE)
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or
@@ -101,7 +99,7 @@ pub fn code_of(err: ProxyError) -> u8 {
             DEADLINE_EXCEEDED
         }
         ProxyError::Upstream(_) => UNAVAILABLE,
-        ProxyError::NoRoute => UNIMPLEMENTED,
+        ProxyError::NoRoute | ProxyError::Connect => UNIMPLEMENTED,
         ProxyError::AmbiguousFraming
         | ProxyError::UnsupportedTransferCoding
         | ProxyError::BadHost
@@ -199,8 +197,9 @@ pub fn judge(
     overridden: bool,
     seconds: f64,
 ) {
-    metrics.grpc(code, is_error(code), overridden, seconds);
-    if is_error(code) {
+    let error = backend.grpc_errors.contains(code);
+    metrics.grpc(code, error, overridden, seconds);
+    if error {
         backend.report_failure(endpoint);
     } else if code != CANCELLED {
         endpoint.report_success();
@@ -244,7 +243,6 @@ mod tests {
         assert_eq!(status_of(&map("grpc-status", "04")), Some(UNKNOWN));
         assert_eq!(status_of(&map("grpc-status", "x")), Some(UNKNOWN));
         assert_eq!(status_of(&HeaderMap::new()), None);
-        assert!(is_error(UNAVAILABLE) && !is_error(OK) && !is_error(12));
     }
 
     #[test]

@@ -110,7 +110,14 @@ pub async fn handle(
         grpc,
     };
 
-    // 1. Framing: never forward a request whose length two headers disagree
+    // 1. CONNECT asks for a forward proxy's tunnel (RFC 9110 §9.3.6): there
+    //    is none here, and a backend's 2xx to it would leave hyper holding
+    //    the client connection as upgraded, answering nothing.
+    if req.method() == http::Method::CONNECT {
+        let err = ProxyError::Connect;
+        return log.local(&table.unmatched, err, entry, Answer::default());
+    }
+    //    Framing: never forward a request whose length two headers disagree
     //    on (RFC 9112 §6.1); hyper already rejects bad chunked lists and
     //    differing Content-Lengths with 400.
     if req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -195,6 +202,15 @@ pub async fn handle(
         headers::join_cookies(&mut parts.headers);
     }
 
+    // 4b. Shadow (`crate::shadow`): maybe a copy for the route's shadow
+    //     backend, sent by its own task; never of an override, an upgrade
+    //     or a gRPC stream.
+    let mut mirror = route.shadow.as_ref().and_then(|s| {
+        let never = choice.overridden || client_upgrade.is_some() || grpc;
+        let served = (&route.backends[backend].backend, endpoint);
+        s.mirror(&parts, &body, served, never, &w.client)
+    });
+
     // 5. Forward: retries and the request timeout live in `forward`.
     let mut entry = entry;
     let cx = Context {
@@ -204,6 +220,7 @@ pub async fn handle(
             Some(e) if !body.is_end_stream() => Some(e.count_in()),
             _ => None,
         },
+        tee: mirror.as_mut().and_then(|m| m.request_tee()),
     };
     let asked = Instant::now();
     let chosen = backend;
@@ -237,6 +254,8 @@ pub async fn handle(
         }
     };
     let served = &route.backends[backend];
+    // The client's answer for the shadow comparison, copied as it streams.
+    let tee = mirror.and_then(|m| m.answered(&resp, started.elapsed().as_secs_f64()));
     let mut entry = entry.and_then(|e| {
         let answer = Answer {
             status: resp.status().as_u16(),
@@ -324,6 +343,7 @@ pub async fn handle(
             _gauge: gauge,
             grpc: watch,
         }
+        .teed(tee)
         .logged(entry)
     })
 }

@@ -9,6 +9,10 @@
 //! Cutover's exclusive probe fails against these sockets too. Only two
 //! instances started within the same few microseconds could both pass the
 //! probe. A socket can also be shared explicitly ([`Listeners::from_socket`]).
+//! An upgrade (`crate::upgrade`) hands every per-worker socket to the new
+//! process ([`Listeners::dup`], [`Listeners::adopt`]) instead of binding:
+//! the sockets never close, so no connection is refused, and the probe is
+//! not repeated (it would fail against them).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -45,6 +49,50 @@ impl Listeners {
         sockets.push(socket);
         Ok(Listeners { addr, sockets })
     }
+}
+
+impl Listeners {
+    /// Copies of the workers' sockets (the same sockets, new descriptors),
+    /// to hand over in an upgrade.
+    pub fn dup(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.sockets.iter().map(|s| s.try_clone()).collect()
+    }
+
+    /// Takes over the sockets of a previous process, one per worker. Past
+    /// them, more workers join the address's `SO_REUSEPORT` group; fewer
+    /// workers than sockets would leave sockets nobody accepts from, whose
+    /// queued connections would wait, so that is refused.
+    pub fn adopt(sockets: Vec<std::net::TcpListener>, n: usize) -> Result<Listeners, AdoptError> {
+        let first = sockets
+            .first()
+            .ok_or(AdoptError::Fewer { had: 0, workers: n })?;
+        let addr = first.local_addr().map_err(AdoptError::Socket)?;
+        if sockets.len() > n.max(1) {
+            return Err(AdoptError::Fewer {
+                had: sockets.len(),
+                workers: n,
+            });
+        }
+        let mut sockets = sockets;
+        while sockets.len() < n.max(1) {
+            sockets.push(reuseport(addr).map_err(|e| AdoptError::Bind(BindError::new(addr, e)))?);
+        }
+        Ok(Listeners { addr, sockets })
+    }
+}
+
+/// Sockets handed over by a previous process that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(
+        "the running process has {had} listening sockets, one per worker, but server.workers is {workers}; \
+         an upgrade cannot lower the number of workers: restart to do that"
+    )]
+    Fewer { had: usize, workers: usize },
+    #[error("a handed-over socket")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(BindError),
 }
 
 /// A non-blocking listening socket on `addr`, exclusively: `SO_REUSEADDR`

@@ -388,29 +388,46 @@ pub async fn serve<I: ClientStream>(
         let mut http1 = false;
         if let Some(tcp) = io.inner().get_ref().between_requests() {
             if !io.inner().has_unread() {
-                if *shutdown.borrow() {
+                // Draining: a request that already arrived (e.g. on a
+                // connection accepted just before the listeners stopped,
+                // or handed over in an upgrade) is answered, with
+                // `Connection: close`, not dropped unanswered.
+                let mut draining = *shutdown.borrow();
+                if draining && !request_waiting(tcp) {
                     return;
                 }
-                let mut head = [0u8; 24];
                 let arrived = async {
                     if first {
-                        tcp.peek(&mut head).await
+                        let mut head = [0u8; 24];
+                        let n = tcp.peek(&mut head).await?;
+                        Ok((n, speaks_http1(&head[..n])))
                     } else {
-                        tcp.readable().await.map(|()| 1)
+                        tcp.readable().await.map(|()| (1, true))
                     }
                 };
-                tokio::select! {
-                    biased;
-                    r = arrived => match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => http1 = !first || speaks_http1(&head[..n]),
-                    },
-                    _ = shutdown.changed() => return,
-                    expired = &mut watch => {
-                        if expired == Expired::Head {
-                            tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+                tokio::pin!(arrived);
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut arrived => match r {
+                            Ok((0, _)) | Err(_) => return,
+                            Ok((_, h1)) => {
+                                http1 = h1;
+                                break;
+                            }
+                        },
+                        _ = shutdown.changed(), if !draining => {
+                            if !request_waiting(tcp) {
+                                return;
+                            }
+                            draining = true;
                         }
-                        return;
+                        expired = &mut watch => {
+                            if expired == Expired::Head {
+                                tracing::debug!(peer = %conn_peer, timeout = ?deadlines.header_read, "request head too slow; closing");
+                            }
+                            return;
+                        }
                     }
                 }
             } else {
@@ -440,11 +457,21 @@ pub async fn serve<I: ClientStream>(
                 }
             };
         }
-        if *shutdown.borrow() {
-            close!();
-        }
         // The request whose response ends this round, once chosen.
         let mut last = None;
+        if *shutdown.borrow() {
+            // hyper closes an HTTP/1 connection it has read nothing from
+            // yet: let it read the waiting request first (one poll), so
+            // that closing answers it with `Connection: close`.
+            if http1 {
+                let once =
+                    poll_fn(|cx| Poll::Ready(poll_round(&mut serving, &activity, &mut last, cx)));
+                if once.await.is_ready() {
+                    return;
+                }
+            }
+            close!();
+        }
         loop {
             tokio::select! {
                 res = poll_fn(|cx| poll_round(&mut serving, &activity, &mut last, cx)) => {
@@ -483,6 +510,12 @@ pub async fn serve<I: ClientStream>(
         io = parts.io;
         io.inner_mut().unread(parts.read_buf);
     }
+}
+
+/// Whether request bytes wait on the socket (a non-blocking `MSG_PEEK`).
+fn request_waiting(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Polls a round; once the response that ends an HTTP/1 round has begun

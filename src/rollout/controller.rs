@@ -259,6 +259,10 @@ impl Rollouts {
             if r.phase == Phase::RolledBack {
                 // Every user back on the baseline, sticky ones included.
                 route.drain = false;
+                // A failed shadow step: mirroring off too.
+                if e.plan.steps.first() == Some(&0) {
+                    route.shadow = None;
+                }
             }
         }
     }
@@ -287,9 +291,19 @@ impl Rollouts {
             let Some(started) = e.rollout.as_ref().map(|r| r.step_started_unix) else {
                 continue;
             };
+            // A `"shadow"` step (weight 0) is judged on the copies.
+            let shadow_step = e
+                .rollout
+                .as_ref()
+                .is_some_and(|r| e.plan.steps.get(r.step) == Some(&0));
             if e.base.as_ref().is_none_or(|b| b.0 != started) {
                 let now = std::time::Instant::now();
-                e.base = Some((started, now, evidence::snapshot(route)));
+                let snap = if shadow_step {
+                    evidence::shadow_snapshot(route)
+                } else {
+                    evidence::snapshot(route)
+                };
+                e.base = Some((started, now, snap));
             }
             if e.boundary.0 != started {
                 e.boundary = (started, 1);
@@ -300,11 +314,15 @@ impl Rollouts {
             {
                 continue;
             }
-            let o = if e.prom.is_some() {
+            let o = if e.prom.is_some() && !shadow_step {
                 prom_observation(e, route, started, now)
             } else {
                 let Some(base) = &e.base else { continue };
-                let j = evidence::judge(route, &e.plan, &base.2, base.1.elapsed());
+                let j = if shadow_step {
+                    evidence::judge_shadow(route, &e.plan, &base.2, base.1.elapsed())
+                } else {
+                    evidence::judge(route, &e.plan, &base.2, base.1.elapsed())
+                };
                 e.verdict = j.label;
                 e.evidence = Some(j.evidence);
                 Observation {

@@ -67,6 +67,43 @@ pub fn judge_counts(
     elapsed: Duration,
 ) -> Judgement {
     let a = window::judge(route, &plan.baseline, counts, elapsed);
+    of_analysis(&a, plan, elapsed)
+}
+
+/// Both sides of the route's shadow copies now: where a `"shadow"` step's
+/// evidence starts.
+pub fn shadow_snapshot(route: &Route) -> Vec<Counts> {
+    route
+        .shadow
+        .as_ref()
+        .map(|s| s.evidence.snapshot())
+        .unwrap_or_default()
+}
+
+/// Judges a `"shadow"` step: the canary's answers to the copies against
+/// the primary's on the same requests since `start` (a
+/// [`shadow_snapshot`]); no user is on the canary.
+pub fn judge_shadow(
+    route: &Route,
+    plan: &RolloutSpec,
+    start: &[Counts],
+    elapsed: Duration,
+) -> Judgement {
+    match crate::shadow::evidence::judge_since(route, start, elapsed) {
+        Some(a) => of_analysis(&a, plan, elapsed),
+        None => Judgement {
+            verdict: Verdict::Inconclusive,
+            label: Kind::Inconclusive.as_str(),
+            reasons: vec!["the route has no shadow".to_owned()],
+            canary_requests: 0,
+            baseline_requests: 0,
+            evidence: Default::default(),
+        },
+    }
+}
+
+/// The canary's comparison in `a`, as a step's judgement.
+fn of_analysis(a: &window::RouteAnalysis, plan: &RolloutSpec, elapsed: Duration) -> Judgement {
     let Some(j) = a.comparisons.iter().find(|j| j.backend == plan.canary) else {
         return Judgement {
             verdict: Verdict::Inconclusive,

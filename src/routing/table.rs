@@ -54,6 +54,8 @@ pub struct Route {
     /// How the backends are compared (`analysis`); the evidence handles are
     /// in each backend's `metrics`.
     pub analysis: crate::config::AnalysisSpec,
+    /// `shadow = { ... }`: copies of sampled requests (`crate::shadow`).
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 pub struct RouteBackend {
@@ -130,6 +132,14 @@ impl RoutingTable {
                     expose_backend_header: spec.expose_backend_header,
                     failover: spec.failover,
                     analysis: spec.analysis.clone(),
+                    shadow: spec.shadow.as_ref().map(|s| {
+                        Arc::new(crate::shadow::Shadow::new(
+                            &spec.name,
+                            s,
+                            by_name(&s.backend),
+                            &metrics.shadow,
+                        ))
+                    }),
                 }
             })
             .collect();

@@ -23,6 +23,9 @@ pub enum RequestBody {
     /// The client's body, held until the backend answers `100 Continue`.
     Expecting(Box<super::expect::Held>),
     Buffered(Option<Bytes>),
+    /// The client's body, kept as it is sent so that it can be sent again
+    /// (`replay.rs`).
+    Replayable(Box<super::replay::Recording>),
     Empty,
 }
 
@@ -67,6 +70,8 @@ pub struct ClientBody {
     polled: Option<Arc<AtomicU64>>,
     /// Bytes read, for the access log (`count_into`).
     counted: Option<Arc<AtomicU64>>,
+    /// A copy for a shadow request (`tee_into`).
+    tee: Option<super::tee::Tee>,
 }
 
 impl ClientBody {
@@ -78,7 +83,13 @@ impl ClientBody {
             moved: true,
             polled: None,
             counted: None,
+            tee: None,
         }
+    }
+
+    /// Copies the body into `tee` as it is read (`shadow`).
+    pub fn tee_into(&mut self, tee: super::tee::Tee) {
+        self.tee = Some(tee);
     }
 
     /// Adds the bytes of every data frame read to `counter`.
@@ -127,8 +138,18 @@ impl Body for ClientBody {
                 {
                     c.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                if let Some(t) = &mut this.tee {
+                    match &frame {
+                        Some(Ok(f)) => t.data(f.data_ref().map_or(&[][..], |d| &d[..])),
+                        Some(Err(_)) => t.abandon(),
+                        None => {}
+                    }
+                }
                 if frame.is_none() || this.body.is_end_stream() {
                     this.ended();
+                    if let Some(t) = &mut this.tee {
+                        t.end();
+                    }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::Client)))
             }
@@ -173,6 +194,7 @@ impl Body for RequestBody {
             RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Expecting(h) => h.poll_frame(cx),
             RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Replayable(r) => Pin::new(&mut **r).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -182,6 +204,7 @@ impl Body for RequestBody {
             RequestBody::Streaming(b) => b.is_end_stream(),
             RequestBody::Expecting(h) => h.is_end_stream(),
             RequestBody::Buffered(b) => b.is_none(),
+            RequestBody::Replayable(r) => r.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -193,6 +216,7 @@ impl Body for RequestBody {
             RequestBody::Buffered(b) => {
                 SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
             }
+            RequestBody::Replayable(r) => r.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

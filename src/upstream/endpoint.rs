@@ -181,6 +181,8 @@ pub struct Backend {
     pub balance: Balance,
     pub outlier: OutlierSpec,
     pub retry: RetrySpec,
+    /// gRPC statuses that count as errors (`[grpc] error_codes`).
+    pub grpc_errors: crate::config::GrpcCodeSet,
     /// Upstream connections per endpoint and worker (`pool.rs`).
     pub max_connections: usize,
     /// Shared by every table that has this backend, so reloads keep it.
@@ -387,6 +389,7 @@ impl EndpointRegistry {
                     balance: b.balance,
                     outlier: b.outlier.clone(),
                     retry: b.retry.clone(),
+                    grpc_errors: b.grpc_errors,
                     max_connections: b.max_connections,
                     budget: budgets
                         .entry(b.name.clone())
@@ -432,6 +435,7 @@ mod tests {
             upstream_tls: Default::default(),
             max_connections: 1024,
             protocol: Default::default(),
+            grpc_errors: Default::default(),
         }
     }
 

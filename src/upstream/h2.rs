@@ -109,6 +109,23 @@ impl Drop for Stream {
     }
 }
 
+/// Whether the backend did not process a request that failed, so it may
+/// go out again whatever its method (RFC 9113 §8.7): hyper never handed it
+/// to the connection (canceled), the peer refused the stream
+/// (`REFUSED_STREAM`), or the stream was above the last-stream-id of the
+/// peer's GOAWAY (h2 fails exactly those with the GOAWAY's error; a stream
+/// at or below it that dies with the connection gets an I/O error).
+pub fn unprocessed(err: &hyper::Error) -> bool {
+    if err.is_canceled() {
+        return true;
+    }
+    let Some(e) = std::error::Error::source(err).and_then(|s| s.downcast_ref::<::h2::Error>())
+    else {
+        return false;
+    };
+    e.is_remote() && (e.is_go_away() || e.reason() == Some(::h2::Reason::REFUSED_STREAM))
+}
+
 /// An HTTP/2 request names its target in `:scheme` and `:authority`
 /// (RFC 9113 §8.3.1), taken from `Host`, which then goes: the two must not
 /// disagree. Undone by [`to_h1`] if the request ends up on HTTP/1.1.

@@ -41,6 +41,9 @@ use crate::config::Protocol;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per endpoint and worker; more are closed.
 const MAX_IDLE: usize = 1024;
+/// Marks a worker's shadow client (`Client::shadow`): its own slots, so
+/// mirrored requests never take or wait for a user's connection.
+const SHADOW: usize = 1 << (usize::BITS - 1);
 
 /// The idle connections of one endpoint, a list per worker.
 #[derive(Debug)]
@@ -92,7 +95,8 @@ struct Idle {
 impl Pools {
     pub fn new(workers: usize) -> Pools {
         Pools {
-            slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
+            // The second half: the workers' shadow slots.
+            slots: (0..2 * workers.max(1)).map(|_| Slot::default()).collect(),
             auto_h1: AtomicBool::new(false),
         }
     }
@@ -141,12 +145,16 @@ impl Pools {
     /// Closes `worker`'s connections that idled out or were closed by the
     /// endpoint. The oldest are first in the list.
     pub fn sweep(&self, worker: usize) {
-        let mut idle = self.idle(worker);
-        idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+        for w in [worker, worker | SHADOW] {
+            let mut idle = self.idle(w);
+            idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+        }
     }
 
     fn slot(&self, worker: usize) -> &Slot {
-        &self.slots[worker % self.slots.len()]
+        let half = self.slots.len() / 2;
+        let base = if worker & SHADOW != 0 { half } else { 0 };
+        &self.slots[base + (worker & !SHADOW) % half]
     }
 
     fn idle(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -270,6 +278,15 @@ impl Client {
         Client {
             worker,
             connect_timeout,
+        }
+    }
+
+    /// The same worker's client for shadow copies (`crate::shadow`): its
+    /// own connections (and `max_connections` of them) to every endpoint.
+    pub fn shadow(&self) -> Client {
+        Client {
+            worker: self.worker | SHADOW,
+            connect_timeout: self.connect_timeout,
         }
     }
 

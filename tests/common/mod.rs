@@ -2,11 +2,14 @@
 //! binary on ephemeral loopback ports, spoken to over real HTTP.
 #![allow(dead_code)]
 
+pub mod abuse;
 pub mod backend;
 pub mod ctl;
+pub mod h2raw;
 pub mod prom;
 pub mod proxy;
 pub mod raw;
+pub mod recording;
 
 pub use backend::Backend;
 pub use proxy::Proxy;

@@ -49,6 +49,24 @@ pub struct Msg {
     pub delay_ms: u32,
 }
 
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`: 1 SERVING, 2 NOT_SERVING.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
 
@@ -66,6 +84,11 @@ pub struct State {
     pub fail_all: AtomicI32,
     /// The `grpc-timeout` of the last call, as sent.
     pub last_timeout: std::sync::Mutex<Option<String>>,
+    /// What `grpc.health.v1.Health/Check` answers (0: SERVING).
+    pub health: AtomicI32,
+    /// Health checks answered, and the service the last one asked about.
+    pub health_checks: AtomicUsize,
+    pub health_service: std::sync::Mutex<Option<String>>,
 }
 
 pub struct Server {
@@ -169,6 +192,13 @@ async fn handle(
     state: Arc<State>,
     req: http::Request<Incoming>,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+    if req.uri().path() == HEALTH_CHECK {
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<
+            HealthCheckResponse,
+            HealthCheckRequest,
+        >::default());
+        return Ok(grpc.unary(Health(state), req).await);
+    }
     state.calls.fetch_add(1, Ordering::Relaxed);
     *state.last_timeout.lock().unwrap() = req
         .headers()
@@ -188,6 +218,27 @@ async fn handle(
 
 #[derive(Clone)]
 struct Svc(Arc<State>);
+
+/// The gRPC health service, answering what `State::health` says.
+struct Health(Arc<State>);
+
+impl UnaryService<HealthCheckRequest> for Health {
+    type Response = HealthCheckResponse;
+    type Future = BoxFuture<Result<Response<HealthCheckResponse>, Status>>;
+
+    fn call(&mut self, req: Request<HealthCheckRequest>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            state.health_checks.fetch_add(1, Ordering::Relaxed);
+            *state.health_service.lock().unwrap() = Some(req.into_inner().service);
+            let status = match state.health.load(Ordering::Relaxed) {
+                0 => SERVING,
+                s => s,
+            };
+            Ok(Response::new(HealthCheckResponse { status }))
+        })
+    }
+}
 
 fn failure(code: i32) -> Status {
     let mut md = MetadataMap::new();

@@ -69,7 +69,7 @@ impl Validator<'_> {
                 Balance::RoundRobin
             }
         };
-        let health = raw.health.as_ref().map(|h| self.health(&key, h.get_ref()));
+        let health = raw.health.as_ref().map(|h| self.health(&key, h));
         let outlier = self.outlier(&key, raw.outlier.as_ref().map(|o| o.get_ref()));
         let mut on_5xx = false;
         for (i, r) in raw
@@ -111,7 +111,16 @@ impl Validator<'_> {
             1 << 20,
         );
         let protocol = self.protocol(&key, raw, &endpoints);
+        if let (Some(h), Some(HealthSpec { grpc: Some(_), .. })) = (&raw.health, &health)
+            && protocol == Protocol::Http1
+        {
+            self.error(
+                h,
+                format!("{key}.health.grpc: gRPC health checks need protocol = \"h2c\", \"h2\" or \"auto\""),
+            );
+        }
         BackendSpec {
+            grpc_errors: super::super::GrpcCodeSet::default(),
             protocol,
             max_connections,
             name: name.to_owned(),
@@ -166,24 +175,44 @@ impl Validator<'_> {
         protocol
     }
 
-    pub(super) fn health(&mut self, key: &str, h: &RawHealth) -> HealthSpec {
+    pub(super) fn health(&mut self, key: &str, spanned: &Spanned<RawHealth>) -> HealthSpec {
+        let h = spanned.get_ref();
         let key = format!("{key}.health");
-        if !h.path.get_ref().starts_with('/') {
+        let path = match (&h.path, h.grpc) {
+            (Some(p), true) => {
+                self.error(
+                    p,
+                    format!(
+                        "{key}.path: not used with grpc = true (the check calls {})",
+                        HealthSpec::GRPC_PATH
+                    ),
+                );
+                HealthSpec::GRPC_PATH.to_owned()
+            }
+            (None, true) => HealthSpec::GRPC_PATH.to_owned(),
+            (None, false) => {
+                self.error(spanned, format!("{key}.path: required (or grpc = true)"));
+                "/".to_owned()
+            }
+            (Some(p), false) => {
+                self.health_path(&key, p);
+                p.get_ref().clone()
+            }
+        };
+        if let (Some(s), false) = (&h.service, h.grpc) {
+            self.error(s, format!("{key}.service: only with grpc = true"));
+        }
+        if let (Some(s), true) = (&h.expected_status, h.grpc) {
             self.error(
-                &h.path,
-                format!("{key}.path: \"{}\" must start with '/'", h.path.get_ref()),
-            );
-        } else if h.path.get_ref().parse::<http::Uri>().is_err() || h.path.get_ref().contains('#') {
-            // What the checker sends: an origin-form request target
-            // (RFC 9112 §3.2.1), so no spaces, controls or fragment.
-            self.error(
-                &h.path,
-                format!(
-                    "{key}.path: \"{}\" is not a valid request target (encode spaces and other special characters as %XX)",
-                    h.path.get_ref()
-                ),
+                s,
+                format!("{key}.expected_status: not used with grpc = true (SERVING is healthy)"),
             );
         }
+        let grpc = h.grpc.then(|| {
+            h.service
+                .as_ref()
+                .map_or_else(String::new, |s| s.get_ref().clone())
+        });
         let mut expected_status = Vec::new();
         for s in h.expected_status.iter().flat_map(|s| s.get_ref().iter()) {
             if (100..=599).contains(s.get_ref()) {
@@ -199,7 +228,8 @@ impl Validator<'_> {
             }
         }
         HealthSpec {
-            path: h.path.get_ref().clone(),
+            path,
+            grpc,
             interval: self.duration_ms(&format!("{key}.interval"), &h.interval, 2000),
             timeout: self.duration_ms(&format!("{key}.timeout"), &h.timeout, 1000),
             healthy_threshold: self.int(
@@ -218,6 +248,25 @@ impl Validator<'_> {
             ) as u32,
             expected_status,
             start_unhealthy: h.start_unhealthy,
+        }
+    }
+
+    fn health_path(&mut self, key: &str, path: &Str) {
+        if !path.get_ref().starts_with('/') {
+            self.error(
+                path,
+                format!("{key}.path: \"{}\" must start with '/'", path.get_ref()),
+            );
+        } else if path.get_ref().parse::<http::Uri>().is_err() || path.get_ref().contains('#') {
+            // What the checker sends: an origin-form request target
+            // (RFC 9112 §3.2.1), so no spaces, controls or fragment.
+            self.error(
+                path,
+                format!(
+                    "{key}.path: \"{}\" is not a valid request target (encode spaces and other special characters as %XX)",
+                    path.get_ref()
+                ),
+            );
         }
     }
 

@@ -29,8 +29,10 @@ use super::{
 };
 
 mod backends;
+mod grpc;
 mod release;
 mod routes;
+mod shadow;
 mod values;
 
 pub use backends::parse_endpoint;
@@ -221,6 +223,15 @@ impl Validator<'_> {
             }
             d => self.duration("server.drain_delay", d, 2),
         };
+        let upgrade_socket = raw.server.upgrade_socket.as_ref().map(|p| {
+            let path = self.dir.join(p.get_ref());
+            // sun_path holds 108 bytes; the new process binds `PATH.PID.tmp`.
+            if p.get_ref().is_empty() || path.as_os_str().len() > crate::upgrade::MAX_PATH {
+                let max = crate::upgrade::MAX_PATH;
+                self.error(p, format!("server.upgrade_socket: must be a path of 1 to {max} bytes (a Unix socket path)"));
+            }
+            path
+        });
         let metric_buckets = match &raw.metrics.buckets {
             None => DEFAULT_BUCKETS.to_vec(),
             Some(b) => {
@@ -236,11 +247,15 @@ impl Validator<'_> {
                 b.get_ref().clone()
             }
         };
+        let grpc_errors = self.grpc_error_codes(&raw.grpc);
         let backends: Vec<BackendSpec> = raw
             .backends
             .get_ref()
             .iter()
-            .map(|(name, b)| self.backend(name, b))
+            .map(|(name, b)| BackendSpec {
+                grpc_errors,
+                ..self.backend(name, b)
+            })
             .collect();
         if backends.is_empty() {
             self.error(
@@ -284,6 +299,7 @@ impl Validator<'_> {
             limits,
             workers,
             drain_delay,
+            upgrade_socket,
             metric_buckets,
             backends,
             routes,

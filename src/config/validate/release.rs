@@ -1,6 +1,7 @@
 //! `[routes.analysis]` and `[routes.rollout]`: the release decision and its plan.
 
 use super::*;
+use crate::config::raw::RawStep;
 
 impl Validator<'_> {
     /// `routes[i].analysis`: every key optional, each checked in place.
@@ -151,21 +152,38 @@ impl Validator<'_> {
             );
             ok = false;
         }
+        // `"shadow"` (first only) is weight 0: mirroring, no user moved.
+        let mut values = Vec::new();
         for (i, s) in steps.iter().enumerate() {
-            let v = *s.get_ref();
-            if !(1..=100).contains(&v) {
+            let v = match s.get_ref() {
+                RawStep::Weight(v) => *v,
+                RawStep::Name(n) if n == "shadow" && i == 0 => 0,
+                RawStep::Name(n) => {
+                    self.error(
+                        s,
+                        format!(
+                            "{key}.steps[{i}]: \"{n}\" is not a weight; only the first step may be \"shadow\""
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            let shadow = i == 0 && matches!(s.get_ref(), RawStep::Name(_));
+            if !shadow && !(1..=100).contains(&v) {
                 self.error(s, format!("{key}.steps[{i}]: {v} is out of range 1..=100"));
                 ok = false;
-            } else if i > 0 && v <= *steps[i - 1].get_ref() {
+            } else if values.last().is_some_and(|p| v <= *p) {
                 self.error(
                     s,
                     format!("{key}.steps[{i}]: {v} must be greater than the step before it"),
                 );
                 ok = false;
             }
+            values.push(v);
         }
         if let Some(last) = steps.last()
-            && *last.get_ref() != 100
+            && !matches!(last.get_ref(), RawStep::Weight(100))
         {
             self.error(
                 last,
@@ -221,7 +239,7 @@ impl Validator<'_> {
             id: id.to_owned(),
             canary: canary.clone(),
             baseline: baseline?,
-            steps: steps.iter().map(|s| *s.get_ref() as u32).collect(),
+            steps: values.iter().map(|v| *v as u32).collect(),
             hold,
             min_requests,
             on_failure,

@@ -124,6 +124,19 @@ impl Validator<'_> {
             .rollout
             .as_ref()
             .and_then(|ro| self.rollout(&key, ro, &weights));
+        let shadow = r.shadow.as_ref().map(|s| self.shadow(&key, s, known));
+        if let (Some(ro), Some(raw)) = (&rollout, &r.rollout)
+            && ro.steps.first() == Some(&0)
+            && shadow.as_ref().is_none_or(|s| s.backend != ro.canary)
+        {
+            self.error(
+                &raw.get_ref().steps,
+                format!(
+                    "{key}.rollout.steps: a \"shadow\" step needs the route's `shadow = {{ backend = \"{}\" }}`",
+                    ro.canary
+                ),
+            );
+        }
         RouteSpec {
             name: r.name.get_ref().clone(),
             host,
@@ -140,6 +153,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|a| self.analysis(&key, a.get_ref(), r))
                 .unwrap_or_default(),
+            shadow,
         }
     }
 
