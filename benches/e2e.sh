@@ -8,7 +8,7 @@
 #
 # Environment:
 #   SCENARIO    basic (default) | sticky | routes | reload | idle | large |
-#               instructions | h2 | tls
+#               instructions | h2 | tls | allocator | shadow
 #   ROUNDS      rounds per target, targets alternate A B C D each round (3)
 #   DURATION    length of each wrk / h2load run (10s)
 #   CONNS       concurrent connections (64)
@@ -22,6 +22,8 @@
 #   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
 #   CUTOVER_BIN use this cutover binary instead of building one
+#   CUTOVER_GLIBC_BIN  SCENARIO=allocator's glibc-malloc build (default: built
+#               with --no-default-features into target/glibc)
 #   ACCESS_LOG=1  run cutover with its access log on, JSON to a file in the
 #               temp dir (default off, like nginx and haproxy here)
 #   TLS_CLIENTS  openssl s_time clients of SCENARIO=tls's conn/req rows (2)
@@ -70,6 +72,10 @@
 #   tls     HTTPS (ECDSA P-256, made with openssl): keep-alive h1 (wrk) and
 #           h2 by ALPN (h2load), and a new connection per request with a
 #           full or a resumed handshake (openssl s_time), all three proxies
+#   allocator  cutover built with jemalloc (default) vs glibc's malloc:
+#           HTTP/1.1 and h2c, rounds alternating
+#   shadow  cutover at 100/0 without a shadow and with shadow to green at
+#           sample 0.1 and 1.0 (the copies' cost)
 #
 # Output: ONE table, one row per target and protocol, with the median over
 # rounds of req/s, p50 and p99 latency (wrk; h2load reports no percentiles,
@@ -883,6 +889,57 @@ scenario_instructions() {
   done
 }
 
+# The allocator: the same cutover built with jemalloc (the default) and with
+# glibc's malloc (cargo build --profile dist --no-default-features; or
+# CUTOVER_GLIBC_BIN), rounds alternating, HTTP/1.1 and h2c. Idle memory is
+# SCENARIO=idle's; this is the throughput and p99 side of the choice.
+scenario_allocator() {
+  local jemalloc_bin=$CUTOVER_BIN glibc_bin=${CUTOVER_GLIBC_BIN:-}
+  if [[ -z $glibc_bin ]]; then
+    log "building cutover with glibc's malloc (--no-default-features)"
+    (cd "$ROOT" && cargo build --profile dist --no-default-features --target-dir target/glibc) >&2
+    glibc_bin="$ROOT/target/glibc/dist/cutover"
+  fi
+  [[ -x $glibc_bin ]] || die "no glibc cutover binary at $glibc_bin"
+  CUTOVER_BIN=$glibc_bin start_cutover cutover-glibc
+  local glibc_port=$CUTOVER_PORT glibc_pid=$CUTOVER_PID
+  CUTOVER_BIN=$jemalloc_bin start_cutover cutover-jemalloc
+  run_matrix \
+    "direct|h1|http://127.0.0.1:$BACKEND_PORT/|-|" \
+    "cutover glibc|h1|http://127.0.0.1:$glibc_port/|$glibc_pid|" \
+    "cutover jemalloc|h1|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID|" \
+    "cutover glibc|h2c|http://127.0.0.1:$glibc_port/|$glibc_pid|" \
+    "cutover jemalloc|h2c|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID|"
+  summarize "scenario allocator: $ROUNDS rounds x $DURATION, $CONNS connections, $THREADS threads" \
+    "cutover jemalloc|cutover glibc" "cutover glibc|direct"
+}
+
+# Shadow traffic: the route at 100/0 with `shadow` copying to green, at
+# sample 0.1 and 1.0, vs the same route without a shadow. Both backends are
+# the one backend nginx, so a copy also costs it a request: req/s shows what
+# the client sees on shared cores, CPU us/req what cutover itself pays.
+scenario_shadow() {
+  local route=$'[[routes]]\nname = "app"\nweights = { blue = 100, green = 0 }'
+  start_cutover cutover "$route"
+  local plain_port=$CUTOVER_PORT plain_pid=$CUTOVER_PID
+  start_cutover cutover-shadow-0.1 "$route"$'\nshadow = { backend = "green", sample = 0.1 }'
+  local tenth_port=$CUTOVER_PORT tenth_pid=$CUTOVER_PID tenth_admin=$CUTOVER_ADMIN
+  start_cutover cutover-shadow-1.0 "$route"$'\nshadow = { backend = "green", sample = 1.0 }'
+  run_matrix \
+    "direct|h1|http://127.0.0.1:$BACKEND_PORT/|-|" \
+    "cutover|h1|http://127.0.0.1:$plain_port/|$plain_pid|" \
+    "cutover shadow 0.1|h1|http://127.0.0.1:$tenth_port/|$tenth_pid|" \
+    "cutover shadow 1.0|h1|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID|"
+  local name admin
+  for name in "0.1 $tenth_admin" "1.0 $CUTOVER_ADMIN"; do
+    read -r name admin <<<"$name"
+    log "shadow $name copies: $(curl -fsS "http://127.0.0.1:$admin/metrics" |
+      awk '/^cutover_shadow_(requests|compared|mismatches)_total/ { printf "%s ", $0 }')"
+  done
+  summarize "scenario shadow: 100/0, shadow to green at sample 0.1 and 1.0, $ROUNDS rounds x $DURATION, $CONNS connections" \
+    "cutover shadow 0.1|cutover" "cutover shadow 1.0|cutover" "cutover|direct"
+}
+
 # HTTPS termination: ECDSA P-256 certificate made here (openssl), TLS 1.3,
 # each proxy with its usual TLS library (cutover: rustls; nginx, HAProxy:
 # OpenSSL) and session resumption as configured by default plus nginx's
@@ -1069,8 +1126,8 @@ EOF
 
 main() {
   case $SCENARIO in
-    basic | sticky | routes | reload | idle | large | instructions | h2 | tls) ;;
-    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions|h2|tls)" ;;
+    basic | sticky | routes | reload | idle | large | instructions | h2 | tls | allocator | shadow) ;;
+    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions|h2|tls|allocator|shadow)" ;;
   esac
   check_tools
   build_cutover

@@ -226,4 +226,5 @@ put("http1", "absolute", "GET http://other.host/x?q HTTP/1.1\r\n" + H + "\r\nGET
 put("http1", "upgrade", "GET /ws HTTP/1.1\r\n" + H + "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + "\r\n")
 put("http1", "chunk-ext-lf", "POST /a HTTP/1.1\r\n" + H + "Transfer-Encoding: chunked\r\n\r\n5;\nx\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + "\r\n")
 put("http1", "expect", "PUT /a HTTP/1.1\r\n" + H + "Expect: 100-continue\r\nContent-Length: 3\r\n\r\nabc")
-# CONNECT then a request: an open finding, kept in fuzz/findings/ (not replayed).
+# CONNECT then a request: found by this seed (the backend got the GET); CONNECT is now answered 501.
+put("http1", "connect-then-request", "CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")

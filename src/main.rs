@@ -11,6 +11,7 @@ use cutover::logging::{self, LogFormat};
 /// jemalloc instead of glibc's malloc: an idle keep-alive connection costs
 /// less than half the RSS, and memory is given back when connections close
 /// (README "Idle connections": measured, with the basic scenario's numbers).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -23,6 +24,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // SAFETY: a NUL-terminated C string that jemalloc only reads, under the
 // name it looks for (`malloc_conf` with the crate's `_rjem_` prefix); a
 // reference to an array is a plain pointer, as C's `const char *`.
+#[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 

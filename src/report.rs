@@ -13,7 +13,15 @@ use serde_json::Value;
 pub fn run(admin: &str, route: Option<&str>, json: bool) -> ExitCode {
     match fetch(admin) {
         Ok(doc) => {
-            let (text, code) = render(&doc, route, json);
+            // Shadow classes are extra: a proxy without `/admin/shadow` (or
+            // without a shadow) still gets its verdicts.
+            let shadow = crate::admin_client::request(admin, "GET", "/admin/shadow", None)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            let (mut text, code) = render(&doc, route, json);
+            if let (Some(shadow), false) = (shadow, json) {
+                text.push_str(&render_shadow(&shadow, route));
+            }
             print!("{text}");
             ExitCode::from(code)
         }
@@ -205,6 +213,47 @@ pub fn render(doc: &Value, route: Option<&str>, json: bool) -> (String, u8) {
     (out, code)
 }
 
+/// How many mismatch classes `report` lists per shadowed route.
+const TOP_CLASSES: usize = 5;
+
+/// The top mismatch classes of each shadowed route (`/admin/shadow`), most
+/// frequent first; nothing for routes without a shadow.
+pub fn render_shadow(doc: &Value, route: Option<&str>) -> String {
+    let mut out = String::new();
+    let routes = doc["routes"].as_array().into_iter().flatten();
+    for r in routes.filter(|r| route.is_none_or(|n| r["route"] == n)) {
+        out.push_str(&format!(
+            "route {}: shadow {}, {} compared, {} sent, {} dropped, {} skipped, {} errors\n",
+            r["route"].as_str().unwrap_or("?"),
+            r["backend"].as_str().unwrap_or("?"),
+            r["compared"],
+            r["sent"],
+            r["dropped"],
+            r["skipped"],
+            r["error"],
+        ));
+        let classes: Vec<&Value> = r["classes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["count"].as_u64().unwrap_or(0) > 0)
+            .take(TOP_CLASSES)
+            .collect();
+        if classes.is_empty() {
+            out.push_str("  no mismatch\n");
+        }
+        for c in classes {
+            out.push_str(&format!(
+                "  {:<40} {:>8} {:>8}\n",
+                c["class"].as_str().unwrap_or("?"),
+                c["count"],
+                pct(&c["share"])
+            ));
+        }
+    }
+    out
+}
+
 fn pct(v: &Value) -> String {
     v.as_f64()
         .map_or("-".into(), |x| format!("{:.2}%", x * 100.0))
@@ -232,5 +281,22 @@ mod tests {
         assert_eq!(render(&doc(&["pass", "inconclusive"]), None, true).1, 2);
         assert_eq!(render(&doc(&[]), None, false).1, 2);
         assert_eq!(render(&doc(&["fail"]), Some("other"), false).1, 2);
+    }
+
+    #[test]
+    fn shadow_lists_the_top_classes_most_frequent_first() {
+        let doc = serde_json::json!({ "routes": [{
+            "route": "app", "backend": "green", "compared": 100, "sent": 100,
+            "dropped": 0, "skipped": 0, "error": 0,
+            "classes": [
+                { "class": "status", "count": 7, "share": 0.07 },
+                { "class": "header:etag", "count": 0, "share": 0.0 },
+            ],
+        }]});
+        let text = render_shadow(&doc, None);
+        assert!(text.contains("shadow green, 100 compared"), "{text}");
+        assert!(text.contains("status") && text.contains("7.00%"), "{text}");
+        assert!(!text.contains("header:etag"), "{text}");
+        assert_eq!(render_shadow(&doc, Some("other")), "");
     }
 }

@@ -298,20 +298,7 @@ async fn streams_multiplex_within_the_peer_limit() {
     c.unary(msg(b"")).await.unwrap();
     c.unary(msg(b"")).await.unwrap();
     assert_eq!(blue.connections(), 1);
-    let calls = (0..20).map(|_| {
-        let mut c = echo::Client(c.0.clone());
-        tokio::spawn(async move {
-            c.unary(Msg {
-                delay_ms: 300,
-                ..Msg::default()
-            })
-            .await
-            .map(|_| ())
-        })
-    });
-    for r in futures_util::future::join_all(calls).await {
-        r.unwrap().expect("call succeeds");
-    }
+    concurrent_unary_calls(&c, 20, 300).await;
     // The first connection is known to be full at 4: another opens. Its
     // own limit is not known until its SETTINGS arrive, so the rest wait
     // inside it (one stream until then, then 4) rather than be refused.
@@ -326,20 +313,7 @@ async fn streams_multiplex_within_the_peer_limit() {
     let mut c = echo::client(p2.http).await;
     c.unary(msg(b"")).await.unwrap();
     let before = green.connections();
-    let calls = (0..20).map(|_| {
-        let mut c = echo::Client(c.0.clone());
-        tokio::spawn(async move {
-            c.unary(Msg {
-                delay_ms: 200,
-                ..Msg::default()
-            })
-            .await
-            .map(|_| ())
-        })
-    });
-    for r in futures_util::future::join_all(calls).await {
-        r.unwrap().expect("call succeeds");
-    }
+    concurrent_unary_calls(&c, 20, 200).await;
     assert_eq!(green.connections(), before);
 }
 
@@ -869,7 +843,7 @@ async fn grpc_error_codes_are_configurable() {
 #[test]
 fn bad_grpc_error_codes_are_rejected_at_their_location() {
     let dir = tempfile::tempdir().unwrap();
-    for (bad, col) in [("\"NOT_A_CODE\"", 30), ("17", 30), ("-1", 30)] {
+    for (bad, col) in [("\"NOT_A_CODE\"", 31), ("17", 31), ("-1", 31)] {
         let path = dir.path().join("cutover.toml");
         std::fs::write(
             &path,
@@ -1018,4 +992,23 @@ async fn grpc_health_checks_follow_serving_status() {
     }
     assert_eq!(seen.len(), 2);
     drop(blue);
+}
+
+/// `n` unary calls at once on `c`'s channel, each answered after
+/// `delay_ms`; every one must succeed.
+async fn concurrent_unary_calls(c: &echo::Client, n: usize, delay_ms: u32) {
+    let calls = (0..n).map(|_| {
+        let mut c = echo::Client(c.0.clone());
+        tokio::spawn(async move {
+            c.unary(Msg {
+                delay_ms,
+                ..Msg::default()
+            })
+            .await
+            .map(|_| ())
+        })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap().expect("call succeeds");
+    }
 }

@@ -111,19 +111,7 @@ async fn an_idle_keep_alive_connection_costs_under_8_kib() {
     const N: u64 = 2000;
     const BOUND_KIB: u64 = 8;
     let (_b, _g, p) = common::blue_green(100, 0, QUICK_TICKS).await;
-    let mut warm = RawConn::connect(p.http).await;
-    warm.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(warm.read_response().await.unwrap().status, 200);
-    let before = p.rss_kib();
-    let mut conns = Vec::new();
-    for _ in 0..N {
-        let mut c = RawConn::connect(p.http).await;
-        c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-        assert_eq!(c.read_response().await.unwrap().status, 200);
-        conns.push(c);
-    }
+    let (before, mut conns) = open_idle(&p, N as usize).await;
     let per_conn = || p.rss_kib().saturating_sub(before) as f64 / N as f64;
     let under = common::eventually(Duration::from_secs(5), || async {
         per_conn() < BOUND_KIB as f64
@@ -155,19 +143,7 @@ async fn an_idle_keep_alive_connection_costs_under_8_kib() {
 async fn memory_of_closed_connections_is_given_back() {
     const N: usize = 2000;
     let (_b, _g, p) = common::blue_green(100, 0, QUICK_TICKS).await;
-    let mut warm = RawConn::connect(p.http).await;
-    warm.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(warm.read_response().await.unwrap().status, 200);
-    let before = p.rss_kib();
-    let mut conns = Vec::new();
-    for _ in 0..N {
-        let mut c = RawConn::connect(p.http).await;
-        c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-        assert_eq!(c.read_response().await.unwrap().status, 200);
-        conns.push(c);
-    }
+    let (before, conns) = open_idle(&p, N).await;
     let peak = p.rss_kib();
     let added = peak.saturating_sub(before);
     assert!(added > 1024, "{N} connections added only {added} KiB");
@@ -181,4 +157,23 @@ async fn memory_of_closed_connections_is_given_back() {
         "RSS {before} KiB before, {peak} with {N} idle connections, {after} after they closed \
          (bound {bound}: half of what they added)"
     );
+}
+
+/// After one warm-up request: the proxy's RSS (KiB), then `n` connections
+/// that each made one request and now sit idle.
+async fn open_idle(p: &common::Proxy, n: usize) -> (u64, Vec<RawConn>) {
+    let mut warm = RawConn::connect(p.http).await;
+    warm.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(warm.read_response().await.unwrap().status, 200);
+    let before = p.rss_kib();
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut c = RawConn::connect(p.http).await;
+        c.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        assert_eq!(c.read_response().await.unwrap().status, 200);
+        conns.push(c);
+    }
+    (before, conns)
 }

@@ -223,6 +223,17 @@ async fn a_field_green_changes_on_one_in_twenty_is_that_class_at_five_percent() 
     assert_eq!(found.len(), 1, "exactly one class: {doc}");
     let (class, count, share) = &found[0];
     assert_eq!(class, "body_field:$.name");
+    // `cutover report` lists it among the route's top classes.
+    let out = std::process::Command::new(common::proxy::bin())
+        .args(["report", "--admin"])
+        .arg(p.admin_url(""))
+        .output()
+        .expect("runs");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("route app: shadow green") && out.contains("body_field:$.name"),
+        "{out}"
+    );
     // Binomial(compared, 1/20): 4 sigma = 4 * sqrt(p (1 - p) / compared),
     // about 0.031 at 800.
     let p0 = 0.05;

@@ -130,7 +130,10 @@ impl ProxyError {
             | ProxyError::UnsupportedTransferCoding
             | ProxyError::BadHost
             | ProxyError::ClientBody
-            | ProxyError::ClientBodyTimeout => {
+            | ProxyError::ClientBodyTimeout
+            // What a CONNECT client sends next is meant as tunnel data, not
+            // a request: never parse it as one.
+            | ProxyError::Connect => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::NoEndpoint | ProxyError::PoolFull => {
