@@ -102,13 +102,16 @@ pub struct Metrics {
     pub shadow: Arc<crate::shadow::ShadowMetrics>,
 }
 
+/// Weight by (backend, route).
+type WeightMap = std::collections::BTreeMap<(Arc<str>, Arc<str>), u32>;
+
 /// `cutover_backend_weight{route,backend}`, kept as a map of the names the
 /// routing table already holds and exported at scrape time: 20,000 gauge
 /// children (10,000 routes x 2 backends) cost ~13 MiB, this ~1.5 MiB.
 #[derive(Clone)]
 struct Weights {
     /// Keyed (backend, route): the order of the exported labels.
-    map: Arc<std::sync::Mutex<std::collections::BTreeMap<(Arc<str>, Arc<str>), u32>>>,
+    map: Arc<std::sync::Mutex<WeightMap>>,
     desc: prometheus::core::Desc,
 }
 

@@ -213,15 +213,14 @@ impl Windows {
                 .backends
                 .iter()
                 .all(|b| b.metrics.evidence().is_none());
-            if idle {
-                if let Some(h) = histories.get_mut(&*route.name)
-                    && same_key(h)
-                    && h.snapshots.len() == 1
-                    && let Some(first) = h.snapshots.front_mut()
-                {
-                    first.0 = now;
-                    continue;
-                }
+            if idle
+                && let Some(h) = histories.get_mut(&*route.name)
+                && same_key(h)
+                && h.snapshots.len() == 1
+                && let Some(first) = h.snapshots.front_mut()
+            {
+                first.0 = now;
+                continue;
             }
             let snap = snapshot(route);
             if !histories.contains_key(&*route.name) {

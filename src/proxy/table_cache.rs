@@ -29,7 +29,9 @@ impl Deref for Source {
 /// A thread's cache of one `Shared`'s table.
 struct Local {
     cache: Cache<Source, Arc<RoutingTable>>,
-    /// This thread's own handle on the cached table.
+    /// This thread's own handle on the cached table: the outer `Arc` is
+    /// the point (its count is written by this thread only).
+    #[allow(clippy::redundant_allocation)]
     mine: Arc<Arc<RoutingTable>>,
 }
 
@@ -40,6 +42,7 @@ thread_local! {
 /// The current table, as a handle only this thread counts on. A thread
 /// serving another `Shared` (tests run several proxies in one process)
 /// starts its cache again.
+#[allow(clippy::redundant_allocation)]
 pub fn current(shared: &Arc<Shared>) -> Arc<Arc<RoutingTable>> {
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
