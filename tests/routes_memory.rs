@@ -47,6 +47,7 @@ async fn ten_thousand_routes_fit_in_64_mib_and_served_routes_count_exactly() {
     // Idle: a few analysis ticks (once a second) after the start.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = p.rss_kib();
+    println!("{ROUTES} routes: idle RSS {idle} KiB");
     assert!(idle > 0, "RSS readable");
     assert!(
         idle < BOUND_KIB,
@@ -88,6 +89,7 @@ async fn ten_thousand_routes_fit_in_64_mib_and_served_routes_count_exactly() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let busy = p.rss_kib();
+    println!("{ROUTES} routes: RSS {busy} KiB after traffic to 3 routes");
     assert!(
         busy < BOUND_KIB,
         "RSS {busy} KiB after traffic to 3 of {ROUTES} routes is over {BOUND_KIB} KiB"
