@@ -101,10 +101,22 @@ struct History {
     snapshots: VecDeque<(Instant, Vec<Counts>)>,
 }
 
+#[derive(Default)]
+struct Idle {
+    at: Option<Instant>,
+    /// The table's own names (shared, not copied).
+    routes: std::collections::HashSet<Arc<str>>,
+}
+
 /// Every route's window and latest analysis.
 #[derive(Default)]
 pub struct Windows {
     histories: Mutex<HashMap<String, History>>,
+    /// The routes none of whose backends had served at the last tick, and
+    /// when that was: no window is kept for them (10,000 idle routes would
+    /// be 10,000 snapshots), and the first that serves starts its window
+    /// there, at zero, so its first requests count.
+    idle: Mutex<Idle>,
     latest: Mutex<Vec<RouteAnalysis>>,
     /// The last answer from Prometheus per route with `analysis.source`.
     polled: Mutex<HashMap<String, Polled>>,
@@ -191,6 +203,8 @@ impl Windows {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|name, _| names.contains(name.as_str()));
+        let was_idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut idle_now = std::collections::HashSet::new();
         for route in table.routes.iter().filter(|r| r.backends.len() >= 2) {
             if route.analysis.source.is_some() {
                 out.push(self.judged_by_prometheus(route, now));
@@ -204,26 +218,21 @@ impl Windows {
                         .all(|((n, w), b)| **n == *b.backend.name && *w == b.weight)
             };
             // A route none of whose backends has served yet has no
-            // evidence: it keeps one empty snapshot, moved to `now`, where
-            // its window will start, and is neither judged nor published
-            // (no `/admin/analysis` entry, no verdict series) until its
-            // first request. 10,000 idle routes cost 10,000 small entries,
-            // not a window of snapshots and a verdict each.
+            // evidence: it keeps no window and is neither judged nor
+            // published (no `/admin/analysis` entry, no verdict series)
+            // until its first request.
             let idle = route
                 .backends
                 .iter()
                 .all(|b| b.metrics.evidence().is_none());
-            if idle
-                && let Some(h) = histories.get_mut(&*route.name)
-                && same_key(h)
-                && h.snapshots.len() == 1
-                && let Some(first) = h.snapshots.front_mut()
-            {
-                first.0 = now;
+            if idle {
+                histories.remove(&*route.name);
+                idle_now.insert(route.name.clone());
                 continue;
             }
             let snap = snapshot(route);
-            if !histories.contains_key(&*route.name) {
+            let fresh = !histories.contains_key(&*route.name);
+            if fresh {
                 histories.insert(
                     route.name.to_string(),
                     History {
@@ -244,11 +253,18 @@ impl Windows {
                     .collect();
                 h.baseline = baseline(route);
                 h.snapshots.clear();
-            }
-            if idle {
-                h.snapshots.clear();
-                h.snapshots.push_back((now, snap));
-                continue;
+                if let (true, Some(at)) = (fresh, was_idle.at)
+                    && was_idle.routes.contains(&*route.name)
+                {
+                    let zero = snap
+                        .iter()
+                        .map(|c| Counts {
+                            buckets: vec![0; c.buckets.len()],
+                            ..Default::default()
+                        })
+                        .collect();
+                    h.snapshots.push_back((at, zero));
+                }
             }
             h.snapshots.push_back((now, snap));
             let window = route.analysis.window;
@@ -265,6 +281,10 @@ impl Windows {
                 out.push(judge(route, &h.baseline, &counts, now.duration_since(*t0)));
             }
         }
+        *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Idle {
+            at: Some(now),
+            routes: idle_now,
+        };
         // Series of routes or backends no longer compared go away.
         metrics.analysis_verdict.reset();
         metrics.srm_alarm.reset();
