@@ -18,7 +18,7 @@
 #   IDLE_CONNS  idle keep-alive connections for SCENARIO=idle (10000)
 #   IDLE_PROTOS protocols of SCENARIO=idle ("h1 h2c")
 #   IDLE_PEERS=0  SCENARIO=idle measures cutover alone (1: also nginx, HAProxy)
-#   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 1000 10000")
+#   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 100 1000 10000")
 #   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
 #   CUTOVER_BIN use this cutover binary instead of building one
@@ -57,7 +57,8 @@
 #   sticky  cutover without / with sticky = { cookie = "cutover" }: new
 #           clients (Set-Cookie on every reply) and clients sending the cookie
 #   routes  cutover with ROUTE_COUNTS host routes (+ a catch-all), Host header
-#           of the route in the middle of the table
+#           of the route in the middle of the table; then RSS per table size
+#           at idle and after traffic to a few routes
 #   reload  cutover while its config is rewritten 10x/s (temp file + mv,
 #           90/10 <-> 10/90) vs. no rewrites; drop and errors
 #   idle    RSS of cutover, nginx and haproxy before / with / after
@@ -100,7 +101,7 @@ H2_STREAMS=${H2_STREAMS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_PROTOS=${IDLE_PROTOS:-h1 h2c}
 IDLE_PEERS=${IDLE_PEERS:-1}
-ROUTE_COUNTS=${ROUTE_COUNTS:-1 1000 10000}
+ROUTE_COUNTS=${ROUTE_COUNTS:-1 100 1000 10000}
 KEEP_TMP=${KEEP_TMP:-0}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
 
@@ -662,6 +663,7 @@ scenario_sticky() {
 # host route in the middle of the table.
 scenario_routes() {
   local n i routes file specs=("direct|h1|http://127.0.0.1:$BACKEND_PORT/|-|") ratios=()
+  local -A pid_of port_of idle_kb
   for n in $ROUTE_COUNTS; do
     file="$TMP/routes-$n.toml"
     for ((i = 1; i <= n; i++)); do
@@ -670,13 +672,37 @@ scenario_routes() {
     printf '[[routes]]\nname = "catch-all"\nweights = { blue = 90, green = 10 }\n' >>"$file"
     routes=$(<"$file")
     start_cutover "cutover-routes-$n" "$routes"
+    pid_of[$n]=$CUTOVER_PID
+    port_of[$n]=$CUTOVER_PORT
     # One wrk argument: a space would split it in run_matrix.
     specs+=("routes=$n|h1|http://127.0.0.1:$CUTOVER_PORT/|$CUTOVER_PID|-H Host:h$(((n + 1) / 2)).example.com")
     [[ $n == "${ROUTE_COUNTS%% *}" ]] || ratios+=("routes=$n|routes=${ROUTE_COUNTS%% *}")
   done
+  # Idle RSS: a few analysis ticks (once a second) after the last start.
+  sleep 3
+  for n in $ROUTE_COUNTS; do idle_kb[$n]=$(rss_kb "${pid_of[$n]}"); done
   run_matrix "${specs[@]}"
   summarize "scenario routes: N host routes + catch-all, Host = route N/2, $ROUNDS rounds x $DURATION, $CONNS connections" \
     "${ratios[@]}"
+  # After traffic: wrk hit route N/2; three more routes get a request each.
+  for n in $ROUTE_COUNTS; do
+    for i in 1 $(((n + 3) / 4)) "$n"; do
+      curl -fsS -o /dev/null -H "Host: h$i.example.com" "http://127.0.0.1:${port_of[$n]}/" || true
+    done
+  done
+  sleep 2
+  echo "RSS by table size (VmRSS of the cutover process, 2 workers):"
+  printf '%-8s %12s %16s %16s\n' routes "idle" "after traffic" "idle per route"
+  local first=${ROUTE_COUNTS%% *} after per
+  for n in $ROUTE_COUNTS; do
+    after=$(rss_kb "${pid_of[$n]}")
+    per=-
+    ((n > first)) && per=$(awk -v a="${idle_kb[$n]}" -v b="${idle_kb[$first]}" -v n="$n" -v f="$first" \
+      'BEGIN { printf "%.2f KiB", (a - b) / (n - f) }')
+    printf '%-8s %12s %16s %16s\n' "$n" "$(awk -v k="${idle_kb[$n]}" 'BEGIN { printf "%.1f MiB", k / 1024 }')" \
+      "$(awk -v k="$after" 'BEGIN { printf "%.1f MiB", k / 1024 }')" "$per"
+  done
+  echo "idle = 3 s after start; after traffic = after the wrk runs on route N/2 and one request each to routes 1, N/4 and N."
 }
 
 # reload_writer FILE PORT ADMIN: rewrite FILE 10 times a second, alternating

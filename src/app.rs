@@ -413,6 +413,8 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let mut effective = loaded.clone();
     rollouts.apply(&mut effective.config);
     let table = RoutingTable::build(&effective, 1, &registry, &metrics);
+    // Each copy of a 10,000-route config is ~9 MiB: keep only those in use.
+    drop(effective);
     rollouts.show();
     let mut shared = Shared::new(table, metrics.clone(), &config);
     if let Some(spec) = &config.access_log {
@@ -476,13 +478,20 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let workers = spawn_workers(shared.clone(), listeners, https, stopped);
 
+    let (drain_delay, drain) = (config.drain_delay, config.timeouts.drain);
+    let admin_token = config.admin_token.clone();
     let app = Arc::new(App {
         shared,
         config_path: path.to_path_buf(),
         registry,
         health,
         cert_files: Mutex::new(cert_files(&config)),
-        started_with: config.clone(),
+        // Only the settings a reload cannot change are compared with it:
+        // no copy of the routes (~9 MiB at 10,000 routes).
+        started_with: Config {
+            routes: Vec::new(),
+            ..config
+        },
         generation: AtomicU64::new(1),
         last_error: Mutex::new(None),
         draining: AtomicBool::new(false),
@@ -491,7 +500,7 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
         resolver,
         rollouts,
         loaded: Mutex::new(loaded),
-        admin_token: config.admin_token.clone(),
+        admin_token,
         analysis: Arc::default(),
         history: Arc::default(),
     });
@@ -578,18 +587,18 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
             if let Some(t) = &admin_task {
                 t.abort();
             }
-        } else if !config.drain_delay.is_zero() {
-            tracing::info!(delay = ?config.drain_delay, "shutting down: /readyz reports draining; listeners close after the delay");
-            let _ = tokio::time::timeout(config.drain_delay, wait_for_stop(&app)).await;
+        } else if !drain_delay.is_zero() {
+            tracing::info!(delay = ?drain_delay, "shutting down: /readyz reports draining; listeners close after the delay");
+            let _ = tokio::time::timeout(drain_delay, wait_for_stop(&app)).await;
         }
-        tracing::info!(drain = ?config.timeouts.drain, "shutting down: no new connections, draining");
+        tracing::info!(drain = ?drain, "shutting down: no new connections, draining");
         let _ = stop.send(true);
         let joined = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
             }
         });
-        if tokio::time::timeout(config.timeouts.drain, joined).await.is_err() {
+        if tokio::time::timeout(drain, joined).await.is_err() {
             tracing::warn!("drain deadline passed; closing the remaining connections");
         }
         anyhow::Ok(())

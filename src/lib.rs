@@ -21,6 +21,7 @@ pub mod rollout;
 pub mod routing;
 pub mod shadow;
 pub mod status;
+pub mod stripe;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;

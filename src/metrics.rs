@@ -71,15 +71,12 @@ impl UpstreamErrorKind {
 pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
-    duration: HistogramVec,
-    upstream_errors: IntCounterVec,
-    weight: IntGaugeVec,
-    in_flight: IntGaugeVec,
+    /// `cutover_backend_weight`, one entry per (route, backend) in force.
+    weight: Weights,
     pub connections_open: IntGauge,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub generation: IntGauge,
-    retries: IntCounterVec,
     failovers: IntCounterVec,
     pub ejections: IntCounterVec,
     pub endpoint_healthy: IntGaugeVec,
@@ -94,16 +91,79 @@ pub struct Metrics {
     /// A/B evidence per (route, backend), kept across reloads like the
     /// Prometheus series (see `analysis`).
     evidence: crate::analysis::exported::EvidenceMap,
-    edges: Vec<f64>,
     pub analysis_verdict: IntGaugeVec,
     pub srm_alarm: IntGaugeVec,
     /// `cutover_access_log_dropped_total`: lines the access log writer
     /// could not take in time.
     pub access_log_dropped: IntCounter,
-    /// `cutover_grpc_responses_total{route,backend,grpc_status}`.
-    grpc_responses: IntCounterVec,
+    /// What [`RouteMetrics`] resolve their children from.
+    families: Arc<Families>,
     /// `cutover_shadow_*` and what `/admin/shadow` shows (`crate::shadow`).
     pub shadow: Arc<crate::shadow::ShadowMetrics>,
+}
+
+/// Weight by (backend, route).
+type WeightMap = std::collections::BTreeMap<(Arc<str>, Arc<str>), u32>;
+
+/// `cutover_backend_weight{route,backend}`, kept as a map of the names the
+/// routing table already holds and exported at scrape time: 20,000 gauge
+/// children (10,000 routes x 2 backends) cost ~13 MiB, this ~1.5 MiB.
+#[derive(Clone)]
+struct Weights {
+    /// Keyed (backend, route): the order of the exported labels.
+    map: Arc<std::sync::Mutex<WeightMap>>,
+    desc: prometheus::core::Desc,
+}
+
+impl Default for Weights {
+    fn default() -> Weights {
+        Weights {
+            map: Arc::default(),
+            desc: prometheus::core::Desc::new(
+                "cutover_backend_weight".into(),
+                "The weight in force for a backend of a route.".into(),
+                vec!["route".into(), "backend".into()],
+                Default::default(),
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl prometheus::core::Collector for Weights {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto;
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = map
+            .iter()
+            .map(|((backend, route), w)| {
+                let label = |name: &str, value: &str| {
+                    let mut l = proto::LabelPair::default();
+                    l.set_name(name.to_owned());
+                    l.set_value(value.to_owned());
+                    l
+                };
+                let mut g = proto::Gauge::default();
+                g.set_value(f64::from(*w));
+                let mut m = proto::Metric::from_label(vec![
+                    label("backend", backend),
+                    label("route", route),
+                ]);
+                m.set_gauge(g);
+                m
+            })
+            .collect();
+        let mut f = proto::MetricFamily::default();
+        f.set_name(self.desc.fq_name.clone());
+        f.set_help(self.desc.help.clone());
+        f.set_field_type(proto::MetricType::GAUGE);
+        f.set_metric(metrics);
+        vec![f]
+    }
 }
 
 /// Why a request was sent again; also the `reason` label.
@@ -148,14 +208,7 @@ impl Metrics {
             &["route", "backend", "grpc_status"],
         )
         .expect("valid metric");
-        let weight = IntGaugeVec::new(
-            Opts::new(
-                "cutover_backend_weight",
-                "The weight in force for a backend of a route.",
-            ),
-            &["route", "backend"],
-        )
-        .expect("valid metric");
+        let weight = Weights::default();
         let in_flight = IntGaugeVec::new(
             Opts::new(
                 "cutover_requests_in_flight",
@@ -328,19 +381,31 @@ impl Metrics {
             ))
             .expect("process metrics register once");
         let shadow = Arc::new(crate::shadow::ShadowMetrics::new(&registry, buckets));
+        let families = Arc::new(Families {
+            requests: requests.clone(),
+            duration: duration.clone(),
+            upstream_errors: upstream_errors.clone(),
+            in_flight: in_flight.clone(),
+            retries: retries.clone(),
+            grpc: grpc_responses.clone(),
+            evidence: evidence.clone(),
+            edges: buckets.into(),
+            empty_duration: Histogram::with_opts(
+                HistogramOpts::new("cutover_request_duration_seconds", "unused")
+                    .buckets(buckets.to_vec()),
+            )
+            .expect("valid metric"),
+        });
         Metrics {
+            families,
             shadow,
             registry,
             requests,
-            duration,
-            upstream_errors,
             weight,
-            in_flight,
             connections_open,
             reloads,
             last_reload_success,
             generation,
-            retries,
             failovers,
             ejections,
             endpoint_healthy,
@@ -350,72 +415,70 @@ impl Metrics {
             rollout_transitions,
             notifications,
             evidence,
-            edges: buckets.to_vec(),
             analysis_verdict,
             srm_alarm,
             access_log_dropped,
-            grpc_responses,
         }
     }
 
-    /// The A/B evidence of (route, backend), created on first use.
-    pub fn evidence(&self, route: &str, backend: &str) -> Arc<Evidence> {
-        self.evidence
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((route.into(), backend.into()))
-            .or_insert_with(|| Arc::new(Evidence::new(&self.edges)))
-            .clone()
-    }
-
-    /// The counter of requests of `route` failed over from one backend to
-    /// another.
-    pub fn failover(&self, route: &str, from: &str, to: &str) -> IntCounter {
-        self.failovers.with_label_values(&[route, from, to])
-    }
-
-    /// Resolves the handles for one (route, backend); `""` for both when no
-    /// route matched.
-    pub fn route(&self, route: &str, backend: &str, weight: Option<u32>) -> RouteMetrics {
+    /// The handles for one (route, backend); `""` for both when no route
+    /// matched. Nothing is allocated per (route, backend) beyond the handle
+    /// itself until its first request (see [`RouteMetrics`]), so a table of
+    /// 10,000 routes costs little more than its config; a pair that has
+    /// served before (its evidence exists) is resolved now, so its series
+    /// and evidence carry on across the reload.
+    pub fn route(&self, route: &Arc<str>, backend: &Arc<str>, weight: Option<u32>) -> RouteMetrics {
         if let Some(w) = weight {
             self.weight
-                .with_label_values(&[route, backend])
-                .set(i64::from(w));
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((backend.clone(), route.clone()), w);
         }
-        let labels = [route, backend];
-        RouteMetrics(Arc::new(Handles {
-            duration: self.duration.with_label_values(&labels),
-            in_flight: self.in_flight.with_label_values(&labels),
-            errors: UpstreamErrorKind::ALL.map(|k| {
-                self.upstream_errors
-                    .with_label_values(&[route, backend, k.as_str()])
-            }),
-            retries: ["connect", "5xx"]
-                .map(|r| self.retries.with_label_values(&[route, backend, r])),
-            evidence: (!route.is_empty()).then(|| self.evidence(route, backend)),
-            grpc: GrpcCodes {
-                vec: self.grpc_responses.clone(),
-                route: route.into(),
-                backend: backend.into(),
-                resolved: Default::default(),
-            },
-            codes: Codes {
-                vec: self.requests.clone(),
-                route: route.into(),
-                backend: backend.into(),
-                common: Default::default(),
-            },
-        }))
+        let handles = RouteMetrics(Arc::new(Handles {
+            route: route.clone(),
+            backend: backend.clone(),
+            families: self.families.clone(),
+            resolved: OnceLock::new(),
+        }));
+        let served = route.is_empty()
+            || self
+                .evidence
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&(route.to_string(), backend.to_string()));
+        if served {
+            handles.resolved();
+        }
+        handles
+    }
+
+    /// The `cutover_failovers_total` handles of a route's backends,
+    /// resolved on first use.
+    pub fn failovers(&self, route: &Arc<str>, backends: &[Arc<str>]) -> Failovers {
+        Failovers {
+            vec: self.failovers.clone(),
+            route: route.clone(),
+            backends: backends.into(),
+            cells: (0..backends.len() * backends.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
     }
 
     /// Drops the weight series of routes or backends no longer configured
     /// (call after setting the new ones: nothing in force ever disappears).
     pub fn forget_weights(&self, routes: &[crate::config::RouteSpec]) {
-        retain(&self.weight, |route, backend| {
-            routes
-                .iter()
-                .any(|r| r.name == route && r.weights.iter().any(|(b, _)| b == backend))
-        });
+        // A set, not a scan per series: 20,000 series are 20,000 lookups.
+        let kept: std::collections::HashSet<(&str, &str)> = routes
+            .iter()
+            .flat_map(|r| r.weights.iter().map(|(b, _)| (r.name.as_str(), b.as_str())))
+            .collect();
+        self.weight
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(backend, route), _| kept.contains(&(&**route, &**backend)));
     }
 
     /// The text exposition of every metric.
@@ -432,11 +495,41 @@ impl Metrics {
     }
 }
 
-/// The handles of one (route, backend), cheap to clone.
+/// The handles of one (route, backend), cheap to clone. Its Prometheus
+/// children and A/B evidence are created on first use (a request, a
+/// retry, an upstream error): until then the pair has no
+/// `cutover_requests_total`, `cutover_request_duration_seconds`,
+/// `cutover_requests_in_flight`, `cutover_upstream_errors_total`,
+/// `cutover_retries_total` or `cutover_analysis_*` series at all (an
+/// absent series reads as 0 in PromQL's `sum`/`rate`); its
+/// `cutover_backend_weight` is always there.
 #[derive(Clone)]
 pub struct RouteMetrics(Arc<Handles>);
 
+/// What every [`RouteMetrics`] resolves its children from.
+struct Families {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    in_flight: IntGaugeVec,
+    retries: IntCounterVec,
+    grpc: IntCounterVec,
+    evidence: crate::analysis::exported::EvidenceMap,
+    edges: Box<[f64]>,
+    /// Never observed: what [`RouteMetrics::duration`] shows for a pair
+    /// that has served nothing.
+    empty_duration: Histogram,
+}
+
 struct Handles {
+    route: Arc<str>,
+    backend: Arc<str>,
+    families: Arc<Families>,
+    resolved: OnceLock<Box<Resolved>>,
+}
+
+/// The children of one (route, backend) that has served.
+struct Resolved {
     duration: Histogram,
     in_flight: IntGauge,
     errors: [IntCounter; 4],
@@ -447,11 +540,53 @@ struct Handles {
 }
 
 impl RouteMetrics {
+    fn resolved(&self) -> &Resolved {
+        self.0.resolved.get_or_init(|| {
+            let Handles {
+                route,
+                backend,
+                families: f,
+                ..
+            } = &*self.0;
+            let labels = [&**route, &**backend];
+            Box::new(Resolved {
+                duration: f.duration.with_label_values(&labels),
+                in_flight: f.in_flight.with_label_values(&labels),
+                errors: UpstreamErrorKind::ALL.map(|k| {
+                    f.upstream_errors
+                        .with_label_values(&[route, backend, k.as_str()])
+                }),
+                retries: ["connect", "5xx"]
+                    .map(|r| f.retries.with_label_values(&[route, backend, r])),
+                evidence: (!route.is_empty()).then(|| {
+                    f.evidence
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry((route.to_string(), backend.to_string()))
+                        .or_insert_with(|| Arc::new(Evidence::new(&f.edges)))
+                        .clone()
+                }),
+                codes: Codes {
+                    common: Default::default(),
+                },
+                grpc: GrpcCodes {
+                    resolved: Default::default(),
+                },
+            })
+        })
+    }
+
+    fn handles(&self) -> (&Handles, &Resolved) {
+        (&self.0, self.resolved())
+    }
+}
+
+impl RouteMetrics {
     /// Records a response head sent to the client.
     pub fn record(&self, code: u16, overridden: bool, seconds: f64) {
         self.record_head(code, overridden, seconds);
         // A/B evidence: what ordinary users got; testers' overrides are not.
-        if let (Some(e), false) = (&self.0.evidence, overridden) {
+        if let (Some(e), false) = (&self.resolved().evidence, overridden) {
             e.record(code >= 500, seconds);
         }
     }
@@ -459,15 +594,17 @@ impl RouteMetrics {
     /// Records a response head without the A/B evidence, which a gRPC
     /// response gets from its `grpc-status` ([`Self::grpc`]).
     pub fn record_head(&self, code: u16, overridden: bool, seconds: f64) {
-        self.0.codes.inc(code, overridden);
-        self.0.duration.observe(seconds);
+        let (h, r) = self.handles();
+        r.codes.inc(h, code, overridden);
+        r.duration.observe(seconds);
     }
 
     /// Records a gRPC status (0-16) and, as the A/B evidence, whether it
     /// is an error, with the time to the response head.
     pub fn grpc(&self, status: u8, error: bool, overridden: bool, seconds: f64) {
-        self.0.grpc.inc(status);
-        if let (Some(e), false) = (&self.0.evidence, overridden) {
+        let (h, r) = self.handles();
+        r.grpc.inc(h, status);
+        if let (Some(e), false) = (&r.evidence, overridden) {
             e.record(error, seconds);
         }
     }
@@ -475,29 +612,81 @@ impl RouteMetrics {
     /// Counts a new sticky user placed on this backend (the unit of the
     /// sample-ratio test on sticky routes).
     pub fn assigned(&self) {
-        if let Some(e) = &self.0.evidence {
+        if let Some(e) = &self.resolved().evidence {
             e.assigned();
         }
     }
 
+    /// The A/B evidence, `None` until the pair's first request (or for
+    /// `route=""`).
     pub fn evidence(&self) -> Option<&Arc<Evidence>> {
-        self.0.evidence.as_ref()
+        self.0.resolved.get()?.evidence.as_ref()
+    }
+
+    /// The evidence counts now: zeros for a pair that has served nothing.
+    pub fn evidence_counts(&self) -> crate::analysis::evidence::Counts {
+        match self.evidence() {
+            Some(e) => e.snapshot(),
+            None => crate::analysis::evidence::Counts {
+                buckets: vec![0; self.0.families.edges.len() + 1],
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Whether the pair has served (its children exist).
+    pub fn has_served(&self) -> bool {
+        self.0.resolved.get().is_some()
+    }
+
+    /// The latency bucket edges (`metrics.buckets`), seconds.
+    pub fn edges(&self) -> &[f64] {
+        &self.0.families.edges
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.0.errors[kind as usize].inc();
+        self.resolved().errors[kind as usize].inc();
     }
 
     pub fn retry(&self, reason: RetryReason) {
-        self.0.retries[reason as usize].inc();
+        self.resolved().retries[reason as usize].inc();
     }
 
     pub fn in_flight(&self) -> &IntGauge {
-        &self.0.in_flight
+        &self.resolved().in_flight
     }
 
+    /// The latency histogram; an empty one for a pair that has served
+    /// nothing (reading it creates nothing).
     pub fn duration(&self) -> &Histogram {
-        &self.0.duration
+        match self.0.resolved.get() {
+            Some(r) => &r.duration,
+            None => &self.0.families.empty_duration,
+        }
+    }
+}
+
+/// `cutover_failovers_total` children of one route, `[from * n + to]`,
+/// resolved on first use.
+pub struct Failovers {
+    vec: IntCounterVec,
+    route: Arc<str>,
+    backends: Box<[Arc<str>]>,
+    cells: Box<[OnceLock<IntCounter>]>,
+}
+
+impl Failovers {
+    /// Counts a request moved from backend `from` to `to`.
+    pub fn inc(&self, from: usize, to: usize) {
+        let n = self.backends.len();
+        if let (Some(cell), Some(f), Some(t)) = (
+            self.cells.get(from * n + to),
+            self.backends.get(from),
+            self.backends.get(to),
+        ) {
+            cell.get_or_init(|| self.vec.with_label_values(&[&self.route, f, t]))
+                .inc();
+        }
     }
 }
 
@@ -509,19 +698,17 @@ const COMMON: [u16; 18] = [
 /// `cutover_requests_total` children of one (route, backend): common codes
 /// are resolved on first use and kept; rare ones go through the vector.
 struct Codes {
-    vec: IntCounterVec,
-    route: Box<str>,
-    backend: Box<str>,
     common: [[OnceLock<IntCounter>; COMMON.len()]; 2],
 }
 
 impl Codes {
-    fn inc(&self, code: u16, overridden: bool) {
+    fn inc(&self, h: &Handles, code: u16, overridden: bool) {
         let ov = if overridden { "true" } else { "false" };
         let resolve = || {
             let code = itoa_code(code);
-            self.vec
-                .with_label_values(&[&self.route, &self.backend, code.as_str(), ov])
+            h.families
+                .requests
+                .with_label_values(&[&h.route, &h.backend, code.as_str(), ov])
         };
         match COMMON.iter().position(|c| *c == code) {
             Some(i) => self.common[usize::from(overridden)][i]
@@ -535,9 +722,6 @@ impl Codes {
 /// `cutover_grpc_responses_total` children of one (route, backend),
 /// resolved on first use.
 struct GrpcCodes {
-    vec: IntCounterVec,
-    route: Box<str>,
-    backend: Box<str>,
     resolved: [OnceLock<IntCounter>; 17],
 }
 
@@ -546,12 +730,13 @@ impl GrpcCodes {
         "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
     ];
 
-    fn inc(&self, status: u8) {
+    fn inc(&self, h: &Handles, status: u8) {
         let i = if status > 16 { 2 } else { usize::from(status) };
         self.resolved[i]
             .get_or_init(|| {
-                self.vec
-                    .with_label_values(&[&self.route, &self.backend, Self::LABELS[i]])
+                h.families
+                    .grpc
+                    .with_label_values(&[&h.route, &h.backend, Self::LABELS[i]])
             })
             .inc();
     }
@@ -569,7 +754,7 @@ mod tests {
     #[test]
     fn handles_count_into_the_families() {
         let m = Metrics::new(&[0.1, 1.0]);
-        let h = m.route("app", "blue", Some(90));
+        let h = m.route(&"app".into(), &"blue".into(), Some(90));
         h.record(200, false, 0.05);
         h.record(200, false, 0.05);
         h.record(418, true, 2.0);
@@ -588,5 +773,37 @@ mod tests {
             r#"cutover_upstream_errors_total{backend="blue",kind="timeout",route="app"} 1"#
         ));
         assert!(text.contains(r#"cutover_backend_weight{backend="blue",route="app"} 90"#));
+    }
+
+    #[test]
+    fn a_pair_that_served_nothing_has_only_its_weight() {
+        let m = Metrics::new(&[0.1, 1.0]);
+        let idle = m.route(&"idle".into(), &"blue".into(), Some(50));
+        let text = m.render();
+        assert!(text.contains(r#"cutover_backend_weight{backend="blue",route="idle"} 50"#));
+        assert!(!text.contains("cutover_requests_total{"), "{text}");
+        assert!(
+            !text.contains("cutover_request_duration_seconds_count{"),
+            "{text}"
+        );
+        assert!(!text.contains("cutover_analysis_requests_total{"), "{text}");
+        assert_eq!(idle.duration().get_sample_count(), 0);
+        assert!(idle.evidence().is_none());
+        assert_eq!(idle.evidence_counts().buckets, vec![0, 0, 0]);
+        idle.record(200, false, 0.05);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"cutover_request_duration_seconds_count{backend="blue",route="idle"} 1"#
+            )
+        );
+        assert!(text.contains(
+            r#"cutover_analysis_requests_total{route="idle",backend="blue",class="ok"} 1"#
+        ));
+        // A new table's handles of a pair that has served are resolved at
+        // once, so its series and evidence carry on.
+        let again = m.route(&"idle".into(), &"blue".into(), Some(50));
+        assert_eq!(again.evidence().map(|e| e.snapshot().requests), Some(1));
+        assert_eq!(again.duration().get_sample_count(), 1);
     }
 }

@@ -193,13 +193,28 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The HTTPS listener's config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+/// The HTTPS listener's config: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`,
+/// and session resumption both ways a client may ask for it.
+///
+/// - Stateless tickets (RFC 8446 §4.6.1, RFC 5077 for TLS 1.2): the
+///   session sealed with a key only this process holds (ChaCha20-Poly1305,
+///   rotated every 6 hours, so a ticket lives at most 12), reusable, and
+///   costing the server no memory. Without a ticketer rustls hands out
+///   single-use tickets backed by its cache, so a client resuming the same
+///   session twice gets a full handshake the second time.
+/// - rustls's session cache (256 sessions, its default) for TLS 1.2
+///   clients that resume by session ID.
+///
+/// The config is built once per process: reloads swap certificates in the
+/// resolver and keep the ticket keys; a restart or `cutover upgrade`
+/// starts new keys, and clients fall back to one full handshake.
 pub fn server_config(resolver: Arc<Resolver>) -> anyhow::Result<Arc<ServerConfig>> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new().context("TLS session ticket key")?;
     Ok(Arc::new(config))
 }
 

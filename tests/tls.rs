@@ -731,6 +731,76 @@ async fn h2load_runs_100_requests_over_h2() {
 }
 
 // ---------------------------------------------------------------------------
+// Session resumption
+
+/// A handshake with `config`, one request read to the end (so the client
+/// has the session tickets, sent after the handshake), and how the
+/// handshake went.
+async fn handshake_and_get(addr: SocketAddr, config: Arc<ClientConfig>) -> rustls::HandshakeKind {
+    let mut tls = tls_connect(addr, "a.test", config).await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    kind
+}
+
+/// Returning clients resume their sessions, over TLS 1.3 and 1.2, also
+/// when there are more of them than the server's session cache holds
+/// (rustls's default, 256): the session is in a stateless ticket the
+/// client keeps (RFC 8446 §4.6.1, RFC 5077), not in the server's memory.
+/// Before the ticketer, TLS 1.3 tickets and TLS 1.2 session ids named
+/// cache entries, and the first of 300 clients came back to a full
+/// handshake.
+#[tokio::test]
+async fn returning_clients_resume_even_beyond_the_session_cache() {
+    const CLIENTS: usize = 300;
+    let ca = TestCa::new("test ca");
+    let (_b, p, _a) = one_backend(&ca, "").await;
+    let https = p.https.unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One config per client: each has its own session store.
+        let clients: Vec<Arc<ClientConfig>> = (0..CLIENTS)
+            .map(|_| {
+                let mut store = RootCertStore::empty();
+                store.add(ca.der.clone()).unwrap();
+                let mut c = ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[version])
+                    .unwrap()
+                    .with_root_certificates(store)
+                    .with_no_client_auth();
+                c.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(c)
+            })
+            .collect();
+        for c in &clients {
+            let kind = handshake_and_get(https, c.clone()).await;
+            assert_eq!(kind, rustls::HandshakeKind::Full, "{version:?}");
+        }
+        let mut resumed = 0;
+        for c in &clients {
+            if handshake_and_get(https, c.clone()).await == rustls::HandshakeKind::Resumed {
+                resumed += 1;
+            }
+        }
+        assert_eq!(resumed, CLIENTS, "{version:?}: resumed of {CLIENTS}");
+        // A client keeps resuming from the tickets its resumed handshakes
+        // bring.
+        for _ in 0..3 {
+            let kind = handshake_and_get(https, clients[0].clone()).await;
+            assert_eq!(kind, rustls::HandshakeKind::Resumed, "{version:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // SNI
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! lock, no allocation, no clock read. Windows are differences of snapshots
 //! taken off the request path ([`super::window`]).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::stripe::STRIPES;
 
 /// Counters per line: 16 x 8 bytes = 128 bytes, two cache lines on x86
 /// (whose adjacent-line prefetcher pairs them) and one on Apple silicon.
@@ -13,10 +15,6 @@ const PER_LINE: usize = 16;
 
 #[repr(align(128))]
 struct Line([AtomicU64; PER_LINE]);
-
-/// Stripes per (route, backend); threads map onto them round-robin as they
-/// first record, so with up to this many workers none shares a stripe.
-const STRIPES: usize = 16;
 
 const REQUESTS: usize = 0;
 const ERRORS: usize = 1;
@@ -66,13 +64,6 @@ impl Counts {
     }
 }
 
-thread_local! {
-    static STRIPE: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
-    };
-}
-
 impl Evidence {
     pub fn new(edges: &[f64]) -> Evidence {
         let counters = BUCKETS + edges.len() + 1;
@@ -105,7 +96,7 @@ impl Evidence {
     /// Records one response sent to the client (override traffic is not
     /// evidence: callers skip it).
     pub fn record(&self, error: bool, seconds: f64) {
-        let stripe = STRIPE.with(|s| *s);
+        let stripe = crate::stripe::current();
         self.add(stripe, REQUESTS);
         if error {
             self.add(stripe, ERRORS);
@@ -119,7 +110,7 @@ impl Evidence {
 
     /// Records a new sticky user assigned to this backend.
     pub fn assigned(&self) {
-        self.add(STRIPE.with(|s| *s), ASSIGNED);
+        self.add(crate::stripe::current(), ASSIGNED);
     }
 
     /// The counters summed over stripes.

@@ -88,8 +88,7 @@ impl Subject {
             edges: route
                 .backends
                 .first()
-                .and_then(|b| b.metrics.evidence())
-                .map(|e| e.edges().to_vec())
+                .map(|b| b.metrics.edges().to_vec())
                 .unwrap_or_default(),
         }
     }
@@ -102,10 +101,22 @@ struct History {
     snapshots: VecDeque<(Instant, Vec<Counts>)>,
 }
 
+#[derive(Default)]
+struct Idle {
+    at: Option<Instant>,
+    /// The table's own names (shared, not copied).
+    routes: std::collections::HashSet<Arc<str>>,
+}
+
 /// Every route's window and latest analysis.
 #[derive(Default)]
 pub struct Windows {
     histories: Mutex<HashMap<String, History>>,
+    /// The routes none of whose backends had served at the last tick, and
+    /// when that was: no window is kept for them (10,000 idle routes would
+    /// be 10,000 snapshots), and the first that serves starts its window
+    /// there, at zero, so its first requests count.
+    idle: Mutex<Idle>,
     latest: Mutex<Vec<RouteAnalysis>>,
     /// The last answer from Prometheus per route with `analysis.source`.
     polled: Mutex<HashMap<String, Polled>>,
@@ -183,34 +194,77 @@ impl Windows {
     /// publishes the verdicts as metrics.
     pub fn tick(&self, table: &RoutingTable, metrics: &Metrics, now: Instant) {
         let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
-        histories.retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
+        // A set, not a scan per name: 10,000 routes are 10,000 lookups.
+        let names: std::collections::HashSet<&str> =
+            table.routes.iter().map(|r| &*r.name).collect();
+        histories.retain(|name, _| names.contains(name.as_str()));
         let mut out = Vec::new();
         self.polled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| table.routes.iter().any(|r| &*r.name == name));
+            .retain(|name, _| names.contains(name.as_str()));
+        let was_idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut idle_now = std::collections::HashSet::new();
         for route in table.routes.iter().filter(|r| r.backends.len() >= 2) {
             if route.analysis.source.is_some() {
                 out.push(self.judged_by_prometheus(route, now));
                 continue;
             }
-            let key: Vec<(String, u32)> = route
+            let same_key = |h: &History| {
+                h.key.len() == route.backends.len()
+                    && h.key
+                        .iter()
+                        .zip(route.backends.iter())
+                        .all(|((n, w), b)| **n == *b.backend.name && *w == b.weight)
+            };
+            // A route none of whose backends has served yet has no
+            // evidence: it keeps no window and is neither judged nor
+            // published (no `/admin/analysis` entry, no verdict series)
+            // until its first request.
+            let idle = route
                 .backends
                 .iter()
-                .map(|b| (b.backend.name.to_string(), b.weight))
-                .collect();
+                .all(|b| b.metrics.evidence().is_none());
+            if idle {
+                histories.remove(&*route.name);
+                idle_now.insert(route.name.clone());
+                continue;
+            }
             let snap = snapshot(route);
-            let h = histories
-                .entry(route.name.to_string())
-                .or_insert_with(|| History {
-                    key: Vec::new(),
-                    baseline: String::new(),
-                    snapshots: VecDeque::new(),
-                });
-            if h.key != key {
-                h.key = key;
+            let fresh = !histories.contains_key(&*route.name);
+            if fresh {
+                histories.insert(
+                    route.name.to_string(),
+                    History {
+                        key: Vec::new(),
+                        baseline: String::new(),
+                        snapshots: VecDeque::new(),
+                    },
+                );
+            }
+            let Some(h) = histories.get_mut(&*route.name) else {
+                continue;
+            };
+            if !same_key(h) {
+                h.key = route
+                    .backends
+                    .iter()
+                    .map(|b| (b.backend.name.to_string(), b.weight))
+                    .collect();
                 h.baseline = baseline(route);
                 h.snapshots.clear();
+                if let (true, Some(at)) = (fresh, was_idle.at)
+                    && was_idle.routes.contains(&*route.name)
+                {
+                    let zero = snap
+                        .iter()
+                        .map(|c| Counts {
+                            buckets: vec![0; c.buckets.len()],
+                            ..Default::default()
+                        })
+                        .collect();
+                    h.snapshots.push_back((at, zero));
+                }
             }
             h.snapshots.push_back((now, snap));
             let window = route.analysis.window;
@@ -227,6 +281,10 @@ impl Windows {
                 out.push(judge(route, &h.baseline, &counts, now.duration_since(*t0)));
             }
         }
+        *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Idle {
+            at: Some(now),
+            routes: idle_now,
+        };
         // Series of routes or backends no longer compared go away.
         metrics.analysis_verdict.reset();
         metrics.srm_alarm.reset();
@@ -355,12 +413,7 @@ pub fn snapshot(route: &Route) -> Vec<Counts> {
     route
         .backends
         .iter()
-        .map(|b| {
-            b.metrics
-                .evidence()
-                .map(|e| e.snapshot())
-                .unwrap_or_default()
-        })
+        .map(|b| b.metrics.evidence_counts())
         .collect()
 }
 

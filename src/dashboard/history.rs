@@ -67,6 +67,15 @@ struct Totals {
     buckets: Vec<u64>,
 }
 
+impl Totals {
+    /// A pair before its first request.
+    const ZERO: Totals = Totals {
+        errors_5xx: 0,
+        count: 0,
+        buckets: Vec::new(),
+    };
+}
+
 /// The ring, shared between the sampler and the admin listener (both on the
 /// control thread; the lock is held only to copy in or out).
 #[derive(Default)]
@@ -103,6 +112,7 @@ impl History {
 pub async fn run(history: Arc<History>, shared: Arc<crate::proxy::Shared>) {
     let mut prev: HashMap<(Arc<str>, Arc<str>), Totals> = HashMap::new();
     let mut last = Instant::now();
+    let mut first = true;
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -111,9 +121,10 @@ pub async fn run(history: Arc<History>, shared: Arc<crate::proxy::Shared>) {
         let seconds = now.duration_since(last).as_secs_f64();
         last = now;
         let table = shared.table.load_full();
-        let series = sample(&table, &shared.metrics, &mut prev, seconds);
         // The first tick only records the starting totals.
-        if seconds > 0.0 && !series.is_empty() {
+        let first = std::mem::take(&mut first);
+        let series = sample(&table, &shared.metrics, &mut prev, first, seconds);
+        if !first && seconds > 0.0 {
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -127,20 +138,33 @@ pub async fn run(history: Arc<History>, shared: Arc<crate::proxy::Shared>) {
     }
 }
 
-/// Reads every (route, backend) of `table`, returns the deltas against
-/// `prev` and stores the new totals there. A series seen for the first
-/// time gives no point (its past is unknown); a counter that went backwards
-/// (cannot happen in one process, but cheap to guard) restarts from zero.
+/// Reads the (route, backend) pairs of `table`, returns their deltas
+/// against `prev` over `seconds` and stores the new totals there.
+///
+/// Every response is counted in exactly one interval. A route none of
+/// whose backends has served has no series (its children do not exist
+/// yet, see `metrics::RouteMetrics`, and 10,000 idle routes would
+/// otherwise cost 20,000 points a sample); once one has, all the route's
+/// backends are charted. Totals are kept for every pair ever read, also
+/// after a reload removes it, so a pair that comes back carries on from
+/// them; a pair not in `prev` has therefore never been read, and on any
+/// tick but the `first` (which only records the starting totals) its past
+/// is zero: its first request came after the previous tick read the
+/// table. A counter that went backwards (cannot happen in one process,
+/// but cheap to guard) restarts from zero.
 fn sample(
     table: &RoutingTable,
     metrics: &Metrics,
     prev: &mut HashMap<(Arc<str>, Arc<str>), Totals>,
+    first: bool,
     seconds: f64,
 ) -> Vec<Point> {
     let errors = errors_5xx(metrics);
-    let mut next = HashMap::with_capacity(prev.len());
     let mut out = Vec::new();
     for r in table.routes.iter() {
+        if !r.backends.iter().any(|b| b.metrics.has_served()) {
+            continue;
+        }
         for b in r.backends.iter() {
             let key = (r.name.clone(), b.backend.name.clone());
             let (bounds, now) = totals(b.metrics.duration());
@@ -148,15 +172,19 @@ fn sample(
                 errors_5xx: errors.get(&key).copied().unwrap_or(0),
                 ..now
             };
-            if let Some(before) = prev.get(&key)
+            let before = match prev.get(&key) {
+                Some(before) => Some(before),
+                None if first => None,
+                None => Some(&Totals::ZERO),
+            };
+            if let Some(before) = before
                 && seconds > 0.0
             {
                 out.push(point(&key, b.weight, &bounds, before, &now, seconds));
             }
-            next.insert(key, now);
+            prev.insert(key, now);
         }
     }
-    *prev = next;
     out
 }
 
@@ -169,8 +197,7 @@ fn point(
     seconds: f64,
 ) -> Point {
     let reset = now.count < before.count || before.buckets.len() != now.buckets.len();
-    let zero = Totals::default();
-    let before = if reset { &zero } else { before };
+    let before = if reset { &Totals::ZERO } else { before };
     let requests = now.count - before.count;
     // The status counter is bumped just before the histogram: a read in
     // between sees one more error than requests. Counted, not clipped, so

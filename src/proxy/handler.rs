@@ -62,9 +62,10 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    // One lock-free load; this request finishes with this table even if a
+    // One lock-free load, through this worker's own cache (no shared
+    // reference count); this request finishes with this table even if a
     // reload publishes another meanwhile.
-    let table = w.shared.table.load_full();
+    let table = super::table_cache::current(&w.shared);
     // A gRPC call is judged by its grpc-status, and the proxy's own errors
     // are answered to it as gRPC.
     let grpc = grpc::is_grpc(req.headers());

@@ -14,6 +14,7 @@ pub mod io;
 pub mod listener;
 pub mod request_id;
 pub mod server;
+pub mod table_cache;
 pub mod upgrade;
 
 pub use listener::Listeners;

@@ -180,7 +180,9 @@ async fn sweep_pools(worker: usize, shared: Arc<Shared>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         every.tick().await;
-        let table = shared.table.load();
+        // Through the worker's table cache, so an idle worker lets go of a
+        // replaced table (and its endpoints' pools) within one sweep.
+        let table = super::table_cache::current(&shared);
         for backend in &table.backends {
             for ep in backend.endpoints.iter() {
                 ep.pools.sweep(worker);

@@ -5,16 +5,14 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::HeaderValue;
-use prometheus::IntCounter;
-
 use super::matcher::Matcher;
 use super::overrides::Overrides;
 use super::sticky::{CookieCodec, Sticky};
 use super::{Bucket, Split};
 use crate::config::{Config, HostMatch, Loaded};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Failovers, Metrics, RouteMetrics};
 use crate::upstream::{Backend, EndpointRegistry};
+use http::HeaderValue;
 
 /// Where a table's config came from, for `/admin/state`.
 #[derive(Debug, Clone)]
@@ -51,8 +49,8 @@ pub struct Route {
     pub drain: bool,
     pub expose_backend_header: bool,
     pub failover: bool,
-    /// `failovers[from * n + to]`: `cutover_failovers_total` handles.
-    pub failovers: Box<[IntCounter]>,
+    /// `cutover_failovers_total` handles, created on first use.
+    pub failovers: Failovers,
     /// How the backends are compared (`analysis`); the evidence handles are
     /// in each backend's `metrics`.
     pub analysis: crate::config::AnalysisSpec,
@@ -92,22 +90,28 @@ impl RoutingTable {
             .map(|(i, spec)| {
                 matcher.insert(&spec.host, &spec.path_prefix, i);
                 let weights: Vec<u32> = spec.weights.iter().map(|(_, w)| *w).collect();
+                let name: Arc<str> = spec.name.as_str().into();
+                let members: Vec<Arc<Backend>> =
+                    spec.weights.iter().map(|(b, _)| by_name(b)).collect();
+                let member_names: Vec<Arc<str>> = members.iter().map(|b| b.name.clone()).collect();
                 Route {
-                    name: spec.name.as_str().into(),
+                    failovers: metrics.failovers(&name, &member_names),
+                    name: name.clone(),
                     host: match &spec.host {
                         HostMatch::Any => String::new(),
                         HostMatch::Exact(h) => h.clone(),
                         HostMatch::Suffix(s) => format!("*.{s}"),
                     },
                     path_prefix: spec.path_prefix.clone(),
-                    backends: spec
-                        .weights
-                        .iter()
-                        .map(|(name, weight)| RouteBackend {
-                            backend: by_name(name),
+                    backends: members
+                        .into_iter()
+                        .zip(&weights)
+                        .map(|(backend, weight)| RouteBackend {
+                            name_value: HeaderValue::from_str(&backend.name)
+                                .expect("validated name"),
+                            metrics: metrics.route(&name, &backend.name, Some(*weight)),
                             weight: *weight,
-                            name_value: HeaderValue::from_str(name).expect("validated name"),
-                            metrics: metrics.route(&spec.name, name, Some(*weight)),
+                            backend,
                         })
                         .collect(),
                     split: Split::new(&weights),
@@ -127,15 +131,6 @@ impl RoutingTable {
                     drain: spec.drain,
                     expose_backend_header: spec.expose_backend_header,
                     failover: spec.failover,
-                    failovers: spec
-                        .weights
-                        .iter()
-                        .flat_map(|(from, _)| {
-                            spec.weights
-                                .iter()
-                                .map(|(to, _)| metrics.failover(&spec.name, from, to))
-                        })
-                        .collect(),
                     analysis: spec.analysis.clone(),
                     shadow: spec.shadow.as_ref().map(|s| {
                         Arc::new(crate::shadow::Shadow::new(
@@ -161,7 +156,7 @@ impl RoutingTable {
             },
             routes,
             matcher,
-            unmatched: metrics.route("", "", None),
+            unmatched: metrics.route(&"".into(), &"".into(), None),
             backends: backends.into(),
         }
     }
@@ -180,9 +175,7 @@ impl Route {
 
     /// Counts a request of this route moved from backend `from` to `to`.
     pub fn count_failover(&self, from: usize, to: usize) {
-        if let Some(c) = self.failovers.get(from * self.backends.len() + to) {
-            c.inc();
-        }
+        self.failovers.inc(from, to);
     }
 
     pub fn backend_index(&self, name: &str) -> Option<usize> {

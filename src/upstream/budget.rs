@@ -3,13 +3,17 @@
 //! an outage. Like tower's `TpsBudget`, but with atomics only: its deposit
 //! takes a mutex on every request, which the request path must not.
 //!
-//! Counts live in ten one-second slots. A slot is reset by whoever first
-//! sees it stale, so a count racing that reset may be lost: the budget is
-//! approximate by a request or two, never unbounded.
+//! Counts live in ten one-second slots per thread stripe (`stripe`): a
+//! deposit writes only its own thread's cache line, a withdraw (a retry,
+//! rare) sums them all. A slot is reset by whoever first sees it stale, so
+//! a count racing that reset may be lost: the budget is approximate by a
+//! request or two, never unbounded.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use crate::stripe::{Padded, STRIPES};
 
 const SLOTS: usize = 10;
 
@@ -22,7 +26,7 @@ struct Slot {
 
 #[derive(Debug)]
 pub struct RetryBudget {
-    slots: [Slot; SLOTS],
+    stripes: Box<[Padded<[Slot; SLOTS]>]>,
     ratio: f64,
     min_per_second: u64,
 }
@@ -38,14 +42,16 @@ fn seconds_since_start(now: Instant) -> u64 {
 impl RetryBudget {
     pub fn new(ratio: f64, min_per_second: u64) -> RetryBudget {
         RetryBudget {
-            slots: Default::default(),
+            stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
             ratio,
             min_per_second,
         }
     }
 
+    /// This thread's slot of `second`.
     fn slot(&self, second: u64) -> &Slot {
-        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        let stripe = &self.stripes[crate::stripe::current() % self.stripes.len()];
+        let slot = &stripe.0[(second % SLOTS as u64) as usize];
         if slot.second.load(Ordering::Relaxed) != second {
             slot.second.store(second, Ordering::Relaxed);
             slot.requests.store(0, Ordering::Relaxed);
@@ -66,7 +72,7 @@ impl RetryBudget {
         let second = seconds_since_start(now);
         let current = self.slot(second);
         let (mut requests, mut retries) = (0, 0);
-        for s in &self.slots {
+        for s in self.stripes.iter().flat_map(|stripe| &stripe.0) {
             if second.saturating_sub(s.second.load(Ordering::Relaxed)) < SLOTS as u64 {
                 requests += s.requests.load(Ordering::Relaxed);
                 retries += s.retries.load(Ordering::Relaxed);

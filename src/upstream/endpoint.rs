@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,9 @@ pub struct Endpoint {
     pub spec: EndpointSpec,
     /// `host:port` as shown in logs, metrics and `/admin/state`.
     pub label: Arc<str>,
-    in_flight: AtomicUsize,
+    /// Requests in flight, per thread stripe (`stripe`): starting and
+    /// ending a request writes only the worker's own cache line.
+    in_flight: Box<[crate::stripe::Padded<AtomicIsize>]>,
     /// The active health check's verdict (true without checks).
     healthy: AtomicBool,
     /// Passive ejection: unavailable until this `now_ms()`; 0 when not.
@@ -58,7 +60,9 @@ impl Endpoint {
             pools: Pools::new(workers),
             label: spec.authority.as_str().into(),
             spec,
-            in_flight: AtomicUsize::new(0),
+            in_flight: (0..crate::stripe::STRIPES)
+                .map(|_| Default::default())
+                .collect(),
             healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -88,14 +92,29 @@ impl Endpoint {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
 
+    /// Requests in flight from every worker (`/admin/state`).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        let sum: isize = self
+            .in_flight
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum();
+        sum.max(0) as usize
+    }
+
+    /// Requests in flight from this worker: what P2C compares, so that
+    /// choosing reads no line another worker writes (each worker balances
+    /// its own share of the load, as nginx's workers do without a zone).
+    pub fn local_in_flight(&self) -> usize {
+        let s = crate::stripe::current() % self.in_flight.len();
+        self.in_flight[s].0.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// Counts a request against this endpoint until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        let stripe = crate::stripe::current() % self.in_flight.len();
+        self.in_flight[stripe].0.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone(), stripe)
     }
 
     /// A response below 500: the failure streak ends.
@@ -143,13 +162,14 @@ impl LogGate {
     }
 }
 
-/// A request in flight to an endpoint; dropping it ends the count.
+/// A request in flight to an endpoint, and the stripe it counts in;
+/// dropping it ends the count (on that stripe, whichever thread drops it).
 #[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
+pub struct InFlight(Arc<Endpoint>, usize);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight[self.1].0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -189,7 +209,7 @@ impl Backend {
                 let a = &eps[fastrand::usize(..n)];
                 let b = &eps[fastrand::usize(..n)];
                 match (a.is_available(), b.is_available()) {
-                    (true, true) if b.in_flight() < a.in_flight() => Some(b),
+                    (true, true) if b.local_in_flight() < a.local_in_flight() => Some(b),
                     (true, _) => Some(a),
                     (false, true) => Some(b),
                     (false, false) => self.scan(fastrand::usize(..n), None),
