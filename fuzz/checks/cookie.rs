@@ -56,7 +56,9 @@ pub fn check(data: &[u8]) {
     };
     assert_eq!(codec.decode(&value), Some(expected), "{value}");
     let mut headers = HeaderMap::new();
-    let cookie = format!("a=1; {name}={value}; z=2");
+    // Other cookies around it, named outside the name's alphabet (with a
+    // duplicate name the first one counts, as for any cookie).
+    let cookie = format!("other=1; {name}={value}; more=2");
     headers.insert(
         header::COOKIE,
         HeaderValue::from_str(&cookie).expect("ASCII"),
