@@ -172,7 +172,7 @@ fn record(c: &mut Criterion) {
     let metrics = Metrics::new(&[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ]);
-    let handles = metrics.route(&"app".into(), &"green".into(), Some(10));
+    let handles = metrics.route(&"app".into(), &"green".into(), Some(10), false);
     // The children and the evidence are created on the first record.
     handles.record(200, false, 0.012);
     let evidence = handles.evidence().expect("a route has evidence").clone();

@@ -426,8 +426,17 @@ impl Metrics {
     /// itself until its first request (see [`RouteMetrics`]), so a table of
     /// 10,000 routes costs little more than its config; a pair that has
     /// served before (its evidence exists) is resolved now, so its series
-    /// and evidence carry on across the reload.
-    pub fn route(&self, route: &Arc<str>, backend: &Arc<str>, weight: Option<u32>) -> RouteMetrics {
+    /// and evidence carry on across the reload. `eager`: resolved now
+    /// anyway, for a route judged from Prometheus, whose evidence series
+    /// must be there at 0 before its first request, or `increase()` would
+    /// miss every request a replica served before its first scrape.
+    pub fn route(
+        &self,
+        route: &Arc<str>,
+        backend: &Arc<str>,
+        weight: Option<u32>,
+        eager: bool,
+    ) -> RouteMetrics {
         if let Some(w) = weight {
             self.weight
                 .map
@@ -442,6 +451,7 @@ impl Metrics {
             resolved: OnceLock::new(),
         }));
         let served = route.is_empty()
+            || eager
             || self
                 .evidence
                 .lock()
@@ -754,7 +764,7 @@ mod tests {
     #[test]
     fn handles_count_into_the_families() {
         let m = Metrics::new(&[0.1, 1.0]);
-        let h = m.route(&"app".into(), &"blue".into(), Some(90));
+        let h = m.route(&"app".into(), &"blue".into(), Some(90), false);
         h.record(200, false, 0.05);
         h.record(200, false, 0.05);
         h.record(418, true, 2.0);
@@ -778,7 +788,7 @@ mod tests {
     #[test]
     fn a_pair_that_served_nothing_has_only_its_weight() {
         let m = Metrics::new(&[0.1, 1.0]);
-        let idle = m.route(&"idle".into(), &"blue".into(), Some(50));
+        let idle = m.route(&"idle".into(), &"blue".into(), Some(50), false);
         let text = m.render();
         assert!(text.contains(r#"cutover_backend_weight{backend="blue",route="idle"} 50"#));
         assert!(!text.contains("cutover_requests_total{"), "{text}");
@@ -802,7 +812,7 @@ mod tests {
         ));
         // A new table's handles of a pair that has served are resolved at
         // once, so its series and evidence carry on.
-        let again = m.route(&"idle".into(), &"blue".into(), Some(50));
+        let again = m.route(&"idle".into(), &"blue".into(), Some(50), false);
         assert_eq!(again.evidence().map(|e| e.snapshot().requests), Some(1));
         assert_eq!(again.duration().get_sample_count(), 1);
     }

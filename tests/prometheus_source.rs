@@ -93,13 +93,21 @@ impl Drop for Load {
     }
 }
 
-/// Two proxies on `cfg`, and a Prometheus scraping both every second,
-/// with every evidence series scraped once (at 0) before returning.
+/// Two proxies on `cfg`, and a Prometheus scraping both every second.
 async fn replicas(cfg: &str) -> ([Proxy; 2], PromServer) {
     let ps = [Proxy::start(cfg).await, Proxy::start(cfg).await];
     let prom = PromServer::start_many(&[ps[0].admin.unwrap(), ps[1].admin.unwrap()]).await;
-    // 2 replicas x 2 backends: the series exist from the start, so the
-    // first sample of each is 0 and `increase` counts from there.
+    (ps, prom)
+}
+
+/// Both replicas reload `cfg` (judged from Prometheus), and every evidence
+/// series is scraped once (at 0) before any traffic: a route judged from
+/// Prometheus has its series from its table's start (elsewhere they appear
+/// on a pair's first request), so `increase` counts every request.
+async fn judge_from_prometheus(ps: &[Proxy; 2], prom: &PromServer, cfg: &str) {
+    ps[0].write_config(cfg);
+    ps[1].write_config(cfg);
+    // 2 replicas x 2 backends.
     let q = r#"count(cutover_analysis_requests_total{route="app",class="ok"})"#;
     let ok = common::eventually(Duration::from_secs(20), || async {
         prom.query(q)
@@ -109,7 +117,6 @@ async fn replicas(cfg: &str) -> ([Proxy; 2], PromServer) {
     })
     .await;
     assert!(ok, "prometheus never scraped both replicas: {}", prom.log());
-    (ps, prom)
 }
 
 /// A counter of `route="app"` for `backend` in a proxy's own metrics.
@@ -208,8 +215,7 @@ async fn a_bad_green_fails_on_the_evidence_of_both_replicas_summed() {
             prom.url("")
         ),
     );
-    ps[0].write_config(&cfg);
-    ps[1].write_config(&cfg);
+    judge_from_prometheus(&ps, &prom, &cfg).await;
     let load = Load::start(&[ps[0].url("/"), ps[1].url("/")], 150);
     // Both replicas read `fail` from the same summed evidence.
     let both_fail = common::eventually(Duration::from_secs(60), || async {
@@ -271,8 +277,7 @@ async fn an_identical_green_never_fails_and_the_report_sums_both_replicas() {
             prom.url("")
         ),
     );
-    ps[0].write_config(&cfg);
-    ps[1].write_config(&cfg);
+    judge_from_prometheus(&ps, &prom, &cfg).await;
     let load = Load::start(&[ps[0].url("/"), ps[1].url("/")], 150);
     let mut seen = Vec::new();
     // ~10 s of load, looking every half second: never `fail`.
@@ -393,8 +398,7 @@ async fn rollout_replicas(fail_every: u64) -> ([Proxy; 2], PromServer) {
         "blue = 100, green = 0",
         &rollout(&prom, &start),
     );
-    ps[0].write_config(&cfg);
-    ps[1].write_config(&cfg);
+    judge_from_prometheus(&ps, &prom, &cfg).await;
     (ps, prom)
 }
 

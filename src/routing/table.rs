@@ -109,7 +109,12 @@ impl RoutingTable {
                         .map(|(backend, weight)| RouteBackend {
                             name_value: HeaderValue::from_str(&backend.name)
                                 .expect("validated name"),
-                            metrics: metrics.route(&name, &backend.name, Some(*weight)),
+                            metrics: metrics.route(
+                                &name,
+                                &backend.name,
+                                Some(*weight),
+                                spec.analysis.source.is_some(),
+                            ),
                             weight: *weight,
                             backend,
                         })
@@ -156,7 +161,7 @@ impl RoutingTable {
             },
             routes,
             matcher,
-            unmatched: metrics.route(&"".into(), &"".into(), None),
+            unmatched: metrics.route(&"".into(), &"".into(), None, false),
             backends: backends.into(),
         }
     }
