@@ -253,19 +253,25 @@ async fn green_failing_over_to_blue_raises_the_srm_alarm() {
     let p = Proxy::start(&config(
         blue,
         &dead.to_string(),
-        "failover = true\n[routes.analysis]\nmin_requests = 50\n",
+        "failover = true\n[routes.analysis]\nmin_requests = 50\nsrm_confidence = 0.9999\n",
     ))
     .await;
     let _load = Load::start(p.url("/"), 8);
     let mut last = Value::Null;
+    let mut doc = Value::Null;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut alarmed = false;
     while !alarmed && tokio::time::Instant::now() < deadline {
-        last = green(&analysis(&p).await);
+        doc = analysis(&p).await;
+        last = green(&doc);
         alarmed = last["srm"]["alarm"] == true;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(alarmed, "{last:#}");
+    // The alarm's own level, stricter than the default 0.999, and still
+    // raised: green gets none of its 50%.
+    assert_eq!(doc["routes"][0]["srm_confidence"], 0.9999, "{doc:#}");
+    assert_eq!(doc["routes"][0]["confidence"], 0.95, "{doc:#}");
     assert_ne!(last["verdict"], "pass", "{last:#}");
     let m = p.metrics().await;
     assert_eq!(
@@ -284,6 +290,7 @@ fn check_points_at_bad_analysis_keys() {
     let dir = tempfile::tempdir().expect("tmp");
     for (bad, key) in [
         ("confidence = 1.5", "routes[0].analysis.confidence"),
+        ("srm_confidence = 1.0", "routes[0].analysis.srm_confidence"),
         ("baseline = \"red\"", "routes[0].analysis.baseline"),
         ("window = \"soon\"", "routes[0].analysis.window"),
         ("quantile = 0.0", "routes[0].analysis.quantile"),

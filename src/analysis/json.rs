@@ -18,6 +18,7 @@ fn route(a: &RouteAnalysis) -> Value {
         "baseline": a.baseline,
         "window_seconds": a.window_seconds,
         "confidence": a.settings.confidence,
+        "srm_confidence": a.settings.srm_confidence,
         "source": a.source,
         "replicas": a.replicas,
         "comparisons": a.comparisons.iter().map(|j| comparison(a, j)).collect::<Vec<_>>(),

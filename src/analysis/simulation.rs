@@ -199,6 +199,84 @@ fn thirty_ms_slower_fails_in_time() {
     );
 }
 
+/// The largest sample-ratio e-value a 90/10 route's counts reach while
+/// `requests` are assigned, each to green with probability `green_share`,
+/// checked after every 10 requests.
+fn srm_peak(seed: u64, requests: u64, green_share: f64) -> f64 {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut blue, mut green) = (0u64, 0u64);
+    let mut peak = 1.0f64;
+    for i in 1..=requests {
+        if rng.f64() < green_share {
+            green += 1;
+        } else {
+            blue += 1;
+        }
+        if i.is_multiple_of(10) {
+            peak = peak.max(srm::test(&[blue, green], &[90, 10], 0.5).e_value);
+        }
+    }
+    peak
+}
+
+/// SRM, A/A: the share of 2,000 routes of 20,000 requests at 90/10,
+/// checked after every 10 requests (2,000 looks), whose e-value ever
+/// reaches `1/alpha` stays within alpha plus three binomial standard
+/// deviations, both at `confidence`'s level (0.05: at most 0.0646, 129
+/// runs) and at the default `srm_confidence` (0.001: at most 0.0031, 6
+/// runs). Lindon and Malek's Bayes factor is an e-process, so Ville's
+/// inequality bounds the chance of ever crossing.
+#[test]
+fn a_a_routes_rarely_raise_the_srm_alarm() {
+    let runs = 2_000u64;
+    let peaks: Vec<f64> = (0..runs).map(|seed| srm_peak(seed, 20_000, 0.1)).collect();
+    for alpha in [0.05, 1.0 - Settings::default().srm_confidence] {
+        let alarms = peaks.iter().filter(|p| **p >= 1.0 / alpha).count();
+        let tolerance = alpha + 3.0 * (alpha * (1.0 - alpha) / runs as f64).sqrt();
+        println!(
+            "SRM A/A at alpha {alpha:.3}: {alarms} of {runs} ever alarmed (allowed {tolerance:.4})"
+        );
+        assert!(alarms as f64 / runs as f64 <= tolerance, "{alarms}");
+    }
+}
+
+/// The requests after which a 90/10 route whose green gets `share` of them
+/// raises the SRM alarm at the default level with probability at least
+/// 0.95, computed, not simulated: with green's count at the 95th
+/// percentile of Binomial(n, share) (below the promised 10%, the count
+/// least far from it) the e-value must reach `1/alpha`; fewer green
+/// requests only raise it.
+fn requests_to_alarm(share: f64) -> u64 {
+    let alpha = 1.0 - Settings::default().srm_confidence;
+    let mut n = 100u64;
+    loop {
+        let green = Binomial::new(share, n).expect("valid").inverse_cdf(0.95);
+        if green < n / 10 && srm::test(&[n - green, green], &[90, 10], alpha).alarm {
+            return n;
+        }
+        n += n / 20;
+    }
+}
+
+/// A real mismatch: green gets 7% where the weights promise 10% (three in
+/// ten of its requests failed over to blue, say). At least 90% of 200
+/// routes alarm within the computed number of requests (each does with
+/// probability >= 0.95 there; 90% is 3.2 binomial standard deviations
+/// below that).
+#[test]
+fn a_real_mismatch_raises_the_srm_alarm_in_time() {
+    let bound = requests_to_alarm(0.07);
+    let alpha = 1.0 - Settings::default().srm_confidence;
+    let runs = 200u64;
+    let alarmed = (0..runs)
+        .filter(|seed| srm_peak(1_000_000 + seed, bound, 0.07) >= 1.0 / alpha)
+        .count();
+    println!(
+        "SRM 7% vs 10%: {alarmed} of {runs} alarmed within {bound} requests (alpha {alpha:.3})"
+    );
+    assert!(alarmed * 10 >= runs as usize * 9, "{alarmed}");
+}
+
 /// Low traffic: 20 requests per side, one of green's a 5xx, never fails,
 /// whatever the latencies.
 #[test]

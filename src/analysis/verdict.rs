@@ -25,6 +25,12 @@ use super::srm::Srm;
 pub struct Settings {
     /// 1 - alpha of the whole verdict.
     pub confidence: f64,
+    /// 1 - alpha of the sample-ratio alarm, a test of its own: an alarm
+    /// pauses a rollout, so its false alarms must be rarer than the
+    /// verdict's (industry practice is p < 0.001 or stricter: Fabijan et
+    /// al., "Diagnosing Sample Ratio Mismatch in Online Controlled
+    /// Experiments", KDD 2019).
+    pub srm_confidence: f64,
     /// Per side, before anything but `inconclusive`.
     pub min_requests: u64,
     /// Absolute: 0.01 is one percentage point.
@@ -38,6 +44,7 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             confidence: 0.95,
+            srm_confidence: 0.999,
             min_requests: 200,
             max_error_rate_increase: 0.01,
             max_latency_increase: 0.010,

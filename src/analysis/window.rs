@@ -328,7 +328,7 @@ pub fn judge(route: &Route, baseline: &str, counts: &[Counts], window: Duration)
 /// counts' source.
 pub fn judge_counts(s: &Subject, counts: &[Counts], window: Duration) -> RouteAnalysis {
     let settings = s.settings.clone();
-    let alpha = 1.0 - settings.confidence;
+    let alpha = 1.0 - settings.srm_confidence;
     let weights: Vec<u32> = s.backends.iter().map(|b| b.1).collect();
     // On a sticky route with a cookie the unit is the user (one new cookie
     // each); on a header-hashed sticky route users cannot be counted, so

@@ -262,6 +262,7 @@ pub struct RawAnalysis {
     pub baseline: Option<Str>,
     pub window: Option<Str>,
     pub confidence: Option<Spanned<f64>>,
+    pub srm_confidence: Option<Spanned<f64>>,
     pub min_requests: Option<Spanned<i64>>,
     pub max_error_rate_increase: Option<Spanned<f64>>,
     pub max_latency_increase: Option<Str>,

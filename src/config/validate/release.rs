@@ -48,6 +48,14 @@ impl Validator<'_> {
         ) {
             spec.settings.confidence = c;
         }
+        if let Some(c) = real(
+            "srm_confidence",
+            &a.srm_confidence,
+            |c| (0.5..1.0).contains(&c),
+            "0.5..1 (exclusive of 1)",
+        ) {
+            spec.settings.srm_confidence = c;
+        }
         if let Some(e) = real(
             "max_error_rate_increase",
             &a.max_error_rate_increase,
