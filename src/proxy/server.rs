@@ -541,8 +541,8 @@ fn poll_round<A, H>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), Box<dyn std::error::Error + Send + Sync>>>
 where
-    A: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulAuto,
-    H: Future<Output = hyper::Result<()>> + GracefulH1 + Unpin,
+    A: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Graceful,
+    H: Future<Output = hyper::Result<()>> + Graceful + Unpin,
 {
     match serving {
         Serving::Auto(c) => {
@@ -573,12 +573,13 @@ where
     }
 }
 
-/// `graceful_shutdown` of hyper's HTTP/1 connection, for [`poll_round`].
-trait GracefulH1 {
+/// `graceful_shutdown` of hyper's connections (HTTP/1: stop after the
+/// response in progress; auto: GOAWAY on HTTP/2), for [`poll_round`].
+trait Graceful {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> GracefulH1 for http1::UpgradeableConnection<I, S>
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -591,13 +592,7 @@ where
     }
 }
 
-/// `graceful_shutdown` of hyper's auto-detecting connection (GOAWAY on
-/// HTTP/2), for [`poll_round`].
-trait GracefulAuto {
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B, E> GracefulAuto for auto::UpgradeableConnection<'_, I, S, E>
+impl<I, S, B, E> Graceful for auto::UpgradeableConnection<'_, I, S, E>
 where
     S: hyper::service::HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
