@@ -520,7 +520,13 @@ pub fn run_with(path: &Path, upgrade: bool) -> anyhow::Result<()> {
                 Ok(_) => tracing::info!(pid = old, "upgrade: serving; the old process drains"),
                 // Serving already: exiting would drop the connections this
                 // process accepted. The old one was told `ready`.
-                Err(e) => tracing::warn!(pid = old, error = %e, "upgrade: serving, but the old process did not confirm that it drains; stop it if it still runs"),
+                Err(e) => {
+                    let error = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                    tracing::warn!(pid = old, error, "upgrade: serving, but the old process did not confirm that it drains; stop it if it still runs")
+                }
             }
         }
         let offer = match crate::upgrade::Offer::start(&upgrade_path, handover, config.upgrade_timeout) {
@@ -664,6 +670,19 @@ impl config::watch::Reloader for App {
 
     fn watched_files(&self) -> Vec<PathBuf> {
         App::watched_files(self)
+    }
+
+    fn catch_up(&self) {
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sha256
+            .clone();
+        let now = std::fs::read(&self.config_path).map(|b| config::sha256_hex(&b));
+        if now.is_ok_and(|now| now != loaded) {
+            self.reload("file changed before the watch started");
+        }
     }
 }
 

@@ -776,3 +776,80 @@ async fn a_draining_old_process_leaves_config_watching_and_health_checks_to_the_
     let status = old.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+/// An edit of the config made while a new process takes over, after it
+/// read the file and before its watcher started, is not lost: once the
+/// watch is in place the new process compares the file with what it
+/// loaded and reloads. This test plays the old process on the upgrade
+/// socket, so the edit falls in that gap every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_while_a_new_process_takes_over_is_not_lost() {
+    use std::os::fd::AsFd;
+    let (blue, green) = (Backend::start("blue").await, Backend::start("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cutover.toml");
+    let text = |backend: &Backend| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [server]\nworkers = 1\nupgrade_socket = \"up.sock\"\n\
+             [backends.app]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"app\"\nweights = {{ app = 100 }}\n",
+            backend.addr
+        )
+    };
+    std::fs::write(&config, text(&blue)).unwrap();
+    // The old process's side: its listening sockets and upgrade socket.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let offer = std::os::unix::net::UnixListener::bind(dir.path().join("up.sock")).unwrap();
+    let mut new = Cutover::spawn(&config, true);
+    let edit = config.clone();
+    let green_text = text(&green);
+    let answered = tokio::task::spawn_blocking(move || {
+        let (mut conn, _) = offer.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        // The new process has read its config (it does before it asks for
+        // the sockets): the edit lands before its watcher exists.
+        std::fs::write(&edit, green_text).unwrap();
+        let line = "cutover-upgrade 1 pid=1 http=1 https=0 admin=1\n";
+        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        let fds = [http.as_fd(), admin.as_fd()];
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &conn,
+            &[std::io::IoSlice::new(line.as_bytes())],
+            &mut control,
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .unwrap();
+        let mut ready = [0u8; 64];
+        let n = std::io::Read::read(&mut conn, &mut ready).unwrap();
+        let ready = String::from_utf8_lossy(&ready[..n]).into_owned();
+        std::io::Write::write_all(&mut conn, b"draining\n").unwrap();
+        ready
+    })
+    .await
+    .unwrap();
+    assert!(answered.starts_with("ready pid="), "{answered}");
+    new.wait_for(
+        "upgrade: serving; the old process drains",
+        Duration::from_secs(20),
+    )
+    .await;
+    let reloaded = new
+        .wait_for("config reloaded", Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        reloaded["trigger"], "file changed before the watch started",
+        "{reloaded}"
+    );
+    let resp = common::raw::roundtrip(http_addr, REQUEST_CLOSE)
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(green.seen().contains(&"/hello".to_owned()));
+    assert!(blue.seen().is_empty(), "{:?}", blue.seen());
+}

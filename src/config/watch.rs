@@ -32,6 +32,10 @@ pub trait Reloader: Send + Sync + 'static {
     /// The files whose changes matter, as given and as resolved (a symlink
     /// and its target); resolved anew at each call.
     fn watched_files(&self) -> Vec<PathBuf>;
+    /// Called once the watch is in place: reloads if the config changed
+    /// between its load and now (an edit no event reports, e.g. one made
+    /// while a new process started); blocking.
+    fn catch_up(&self);
 }
 
 /// How long the watcher waits for a burst of file events to settle.
@@ -81,6 +85,8 @@ pub async fn spawn(target: Arc<dyn Reloader>) -> anyhow::Result<Watching> {
         stuck: None,
     };
     set.sync(&target).await;
+    let catching_up = target.clone();
+    let _ = tokio::task::spawn_blocking(move || catching_up.catch_up()).await;
     let task = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             let lost = overflowed.swap(false, Ordering::Relaxed);

@@ -134,9 +134,12 @@ impl Inner {
         match self.hand_over(&mut conn, me) {
             Ok(()) => {
                 tracing::info!(pid = new, "upgrade: the new process serves; draining");
-                self.handed_over.send_replace(Some(new));
-                // Still busy: this process is leaving.
+                // Answered before the drain starts: a process with nothing
+                // to drain exits at once, and would take this thread (and
+                // the answer the new process waits for) with it.
                 let _ = conn.write_all(b"draining\n");
+                // Still busy: this process is leaving.
+                self.handed_over.send_replace(Some(new));
             }
             Err(e) => {
                 tracing::warn!(pid = new, error = %e, "upgrade abandoned; still serving");

@@ -87,6 +87,9 @@ pub fn take(path: &Path, timeout: Duration) -> Result<Taken, UpgradeError> {
     {
         l.local_addr()
             .map_err(|e| protocol(format!("a descriptor is not a TCP socket: {e}")))?;
+        // Served by tokio, which needs them non-blocking: say so rather
+        // than rely on the sender's flag (shared by every copy).
+        l.set_nonblocking(true).map_err(io)?;
     }
     Ok(Taken {
         sockets,
