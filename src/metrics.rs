@@ -524,6 +524,7 @@ impl RouteMetrics {
 
     /// Records a response head without the A/B evidence, which a gRPC
     /// response gets from its `grpc-status` ([`Self::grpc`]).
+    #[inline]
     pub fn record_head(&self, code: u16, overridden: bool, seconds: f64) {
         let (h, r) = (&*self.0, self.resolved());
         // Not a status code: counted as 500, as its label has always been.
@@ -609,6 +610,7 @@ impl RouteMetrics {
 
     /// Counts a request in `cutover_requests_in_flight` until the guard
     /// drops.
+    #[inline]
     pub fn in_flight(&self) -> InFlightGuard {
         self.resolved().pair.in_flight()
     }

@@ -95,6 +95,7 @@ impl Pair {
     }
 
     /// This thread's stripe, allocated on its first write.
+    #[inline]
     fn mine(&self) -> &Stripe {
         let lines = self.counters.div_ceil(PER_LINE);
         self.stripes[crate::stripe::current() % STRIPES].get_or_init(|| {
@@ -106,6 +107,7 @@ impl Pair {
 
     /// A response head sent: its code's counter (`None` for a code outside
     /// [`COMMON`], counted by the caller), its latency bucket and duration.
+    #[inline]
     pub fn response(&self, code: Option<(bool, usize)>, bucket: usize, seconds: f64) {
         let s = self.mine();
         if let Some((overridden, i)) = code {
@@ -131,6 +133,7 @@ impl Pair {
     }
 
     /// Counts a request in flight until the guard drops.
+    #[inline]
     pub fn in_flight(&self) -> InFlightGuard {
         let s = self.mine();
         add(s, AT_IN_FLIGHT, 1);
@@ -158,6 +161,7 @@ impl Pair {
     }
 }
 
+#[inline]
 fn add(stripe: &[Line], counter: usize, n: u64) {
     if let Some(l) = stripe.get(counter / PER_LINE) {
         l.0[counter % PER_LINE].fetch_add(n, Ordering::Relaxed);
@@ -170,6 +174,7 @@ fn add(stripe: &[Line], counter: usize, n: u64) {
 pub struct InFlightGuard(Stripe);
 
 impl Drop for InFlightGuard {
+    #[inline]
     fn drop(&mut self) {
         if let Some(l) = self.0.first() {
             l.0[AT_IN_FLIGHT].fetch_sub(1, Ordering::Relaxed);
