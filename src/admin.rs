@@ -13,7 +13,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::core::Collector;
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -342,21 +341,20 @@ struct Counts {
 /// Sums `cutover_requests_total` by (route, backend), overrides included.
 fn request_counts(app: &App) -> HashMap<(String, String), Counts> {
     let mut out: HashMap<(String, String), Counts> = HashMap::new();
-    for family in app.metrics().requests_family().collect() {
-        for m in family.get_metric() {
-            let label = |name: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == name)
-                    .map(|l| l.value().to_owned())
-                    .unwrap_or_default()
-            };
-            let n = m.get_counter().value() as u64;
-            let c = out.entry((label("route"), label("backend"))).or_default();
-            c.requests += n;
-            if label("code").starts_with('5') {
-                c.errors_5xx += n;
-            }
+    let family = app.metrics().requests_family();
+    for m in family.get_metric() {
+        let label = |name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default()
+        };
+        let n = m.get_counter().value() as u64;
+        let c = out.entry((label("route"), label("backend"))).or_default();
+        c.requests += n;
+        if label("code").starts_with('5') {
+            c.errors_5xx += n;
         }
     }
     out
@@ -387,9 +385,9 @@ fn routes(
                         "errors_5xx": c.errors_5xx,
                         "error_rate": if c.requests > 0 { c.errors_5xx as f64 / c.requests as f64 } else { 0.0 },
                         "latency_seconds": {
-                            "p50": quantile(h, 0.5),
-                            "p90": quantile(h, 0.9),
-                            "p99": quantile(h, 0.99),
+                            "p50": quantile(&h, 0.5),
+                            "p90": quantile(&h, 0.9),
+                            "p99": quantile(&h, 0.99),
                         },
                         "endpoints": b.backend.endpoints.iter().map(|e| json!({
                             "address": &*e.label,
@@ -418,14 +416,7 @@ fn routes(
 /// A quantile estimated from histogram buckets the way Prometheus'
 /// `histogram_quantile` does: linear interpolation inside the bucket.
 /// `None` before the first observation.
-pub fn quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
-    let metrics = h.collect();
-    let hist = metrics
-        .first()?
-        .get_metric()
-        .first()?
-        .get_histogram()
-        .clone();
+pub fn quantile(hist: &prometheus::proto::Histogram, q: f64) -> Option<f64> {
     let total = hist.get_sample_count();
     if total == 0 {
         return None;

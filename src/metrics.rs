@@ -8,10 +8,12 @@ use std::sync::{Arc, OnceLock};
 
 use crate::analysis::evidence::Evidence;
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+mod pairs;
+
+pub use pairs::InFlightGuard;
+use pairs::{COMMON, Pair, PairCollector, PairMap};
 
 /// Removes the series of a `(route|backend, backend|endpoint)` gauge whose
 /// two labels `keep` rejects, leaving every other series untouched.
@@ -70,7 +72,8 @@ impl UpstreamErrorKind {
 /// Every metric family Cutover exports.
 pub struct Metrics {
     pub registry: Registry,
-    requests: IntCounterVec,
+    /// The per-request series of every (route, backend) that has served.
+    per_request: PairCollector,
     /// `cutover_backend_weight`, one entry per (route, backend) in force.
     weight: Weights,
     pub connections_open: IntGauge,
@@ -88,9 +91,6 @@ pub struct Metrics {
     pub rollout_transitions: IntCounterVec,
     /// Rollout notifications by route and result (sent, failed, dropped).
     pub notifications: IntCounterVec,
-    /// A/B evidence per (route, backend), kept across reloads like the
-    /// Prometheus series (see `analysis`).
-    evidence: crate::analysis::exported::EvidenceMap,
     pub analysis_verdict: IntGaugeVec,
     pub srm_alarm: IntGaugeVec,
     /// `cutover_access_log_dropped_total`: lines the access log writer
@@ -178,45 +178,7 @@ pub enum RetryReason {
 impl Metrics {
     pub fn new(buckets: &[f64]) -> Metrics {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new("cutover_requests_total", "Requests answered, by route, backend and status code sent to the client; override=\"true\" for tester overrides."),
-            &["route", "backend", "code", "override"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cutover_request_duration_seconds",
-                "Time from request head received to response head sent.",
-            )
-            .buckets(buckets.to_vec()),
-            &["route", "backend"],
-        )
-        .expect("valid metric");
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "cutover_upstream_errors_total",
-                "Failed upstream exchanges by kind: connect, timeout, reset, protocol.",
-            ),
-            &["route", "backend", "kind"],
-        )
-        .expect("valid metric");
-        let grpc_responses = IntCounterVec::new(
-            Opts::new(
-                "cutover_grpc_responses_total",
-                "gRPC responses by route, backend and grpc-status (0-16), from the headers of a trailers-only response, else from the trailers.",
-            ),
-            &["route", "backend", "grpc_status"],
-        )
-        .expect("valid metric");
         let weight = Weights::default();
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
-                "cutover_requests_in_flight",
-                "Requests waiting for or streaming a response.",
-            ),
-            &["route", "backend"],
-        )
-        .expect("valid metric");
         let connections_open =
             IntGauge::new("cutover_connections_open", "Client connections open.")
                 .expect("valid metric");
@@ -236,14 +198,6 @@ impl Metrics {
         let generation = IntGauge::new(
             "cutover_config_generation",
             "Increases with every successful config load.",
-        )
-        .expect("valid metric");
-        let retries = IntCounterVec::new(
-            Opts::new(
-                "cutover_retries_total",
-                "Requests sent again, by reason: connect or 5xx.",
-            ),
-            &["route", "backend", "reason"],
         )
         .expect("valid metric");
         let failovers = IntCounterVec::new(
@@ -343,18 +297,12 @@ impl Metrics {
             reloads.with_label_values(&[result]);
         }
         let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(requests.clone()),
-            Box::new(duration.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(grpc_responses.clone()),
             Box::new(weight.clone()),
-            Box::new(in_flight.clone()),
             Box::new(connections_open.clone()),
             Box::new(reloads.clone()),
             Box::new(last_reload_success.clone()),
             Box::new(generation.clone()),
             Box::new(build_info),
-            Box::new(retries.clone()),
             Box::new(failovers.clone()),
             Box::new(ejections.clone()),
             Box::new(endpoint_healthy.clone()),
@@ -367,6 +315,9 @@ impl Metrics {
             Box::new(srm_alarm.clone()),
             Box::new(access_log_dropped.clone()),
         ];
+        let pairs = PairMap::default();
+        let per_request = PairCollector::new(pairs.clone(), buckets);
+        collectors.push(Box::new(per_request.clone()));
         let evidence = crate::analysis::exported::EvidenceMap::default();
         collectors.push(Box::new(crate::analysis::exported::EvidenceCollector::new(
             evidence.clone(),
@@ -382,25 +333,16 @@ impl Metrics {
             .expect("process metrics register once");
         let shadow = Arc::new(crate::shadow::ShadowMetrics::new(&registry, buckets));
         let families = Arc::new(Families {
-            requests: requests.clone(),
-            duration: duration.clone(),
-            upstream_errors: upstream_errors.clone(),
-            in_flight: in_flight.clone(),
-            retries: retries.clone(),
-            grpc: grpc_responses.clone(),
-            evidence: evidence.clone(),
+            pairs,
+            rare_codes: per_request.rare().clone(),
+            evidence,
             edges: buckets.into(),
-            empty_duration: Histogram::with_opts(
-                HistogramOpts::new("cutover_request_duration_seconds", "unused")
-                    .buckets(buckets.to_vec()),
-            )
-            .expect("valid metric"),
         });
         Metrics {
             families,
             shadow,
             registry,
-            requests,
+            per_request,
             weight,
             connections_open,
             reloads,
@@ -414,7 +356,6 @@ impl Metrics {
             rollout_state,
             rollout_transitions,
             notifications,
-            evidence,
             analysis_verdict,
             srm_alarm,
             access_log_dropped,
@@ -425,7 +366,7 @@ impl Metrics {
     /// matched. Nothing is allocated per (route, backend) beyond the handle
     /// itself until its first request (see [`RouteMetrics`]), so a table of
     /// 10,000 routes costs little more than its config; a pair that has
-    /// served before (its evidence exists) is resolved now, so its series
+    /// served before (its counters exist) is resolved now, so its series
     /// and evidence carry on across the reload. `eager`: resolved now
     /// anyway, for a route judged from Prometheus, whose evidence series
     /// must be there at 0 before its first request, or `increase()` would
@@ -453,10 +394,11 @@ impl Metrics {
         let served = route.is_empty()
             || eager
             || self
-                .evidence
+                .families
+                .pairs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&(route.to_string(), backend.to_string()));
+                .contains_key(&(route.clone(), backend.clone()));
         if served {
             handles.resolved();
         }
@@ -499,16 +441,17 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    /// The requests counter family, for `/admin/state`.
-    pub fn requests_family(&self) -> &IntCounterVec {
-        &self.requests
+    /// The `cutover_requests_total` family as a scrape shows it, for
+    /// `/admin/state` and the dashboard's history.
+    pub fn requests_family(&self) -> prometheus::proto::MetricFamily {
+        self.per_request.requests()
     }
 }
 
-/// The handles of one (route, backend), cheap to clone. Its Prometheus
-/// children and A/B evidence are created on first use (a request, a
-/// retry, an upstream error): until then the pair has no
-/// `cutover_requests_total`, `cutover_request_duration_seconds`,
+/// The handles of one (route, backend), cheap to clone. Its per-request
+/// series (striped counters, see `pairs`) and A/B evidence are created on
+/// first use (a request, a retry, an upstream error): until then the pair
+/// has no `cutover_requests_total`, `cutover_request_duration_seconds`,
 /// `cutover_requests_in_flight`, `cutover_upstream_errors_total`,
 /// `cutover_retries_total` or `cutover_analysis_*` series at all (an
 /// absent series reads as 0 in PromQL's `sum`/`rate`); its
@@ -516,19 +459,14 @@ impl Metrics {
 #[derive(Clone)]
 pub struct RouteMetrics(Arc<Handles>);
 
-/// What every [`RouteMetrics`] resolves its children from.
+/// What every [`RouteMetrics`] resolves its counters from.
 struct Families {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    upstream_errors: IntCounterVec,
-    in_flight: IntGaugeVec,
-    retries: IntCounterVec,
-    grpc: IntCounterVec,
+    /// Every pair that has served; a new table's handles of one find it.
+    pairs: PairMap,
+    /// `cutover_requests_total` of the codes outside [`COMMON`].
+    rare_codes: IntCounterVec,
     evidence: crate::analysis::exported::EvidenceMap,
     edges: Box<[f64]>,
-    /// Never observed: what [`RouteMetrics::duration`] shows for a pair
-    /// that has served nothing.
-    empty_duration: Histogram,
 }
 
 struct Handles {
@@ -538,15 +476,10 @@ struct Handles {
     resolved: OnceLock<Box<Resolved>>,
 }
 
-/// The children of one (route, backend) that has served.
+/// The counters of one (route, backend) that has served.
 struct Resolved {
-    duration: Histogram,
-    in_flight: IntGauge,
-    errors: [IntCounter; 4],
-    retries: [IntCounter; 2],
+    pair: Arc<Pair>,
     evidence: Option<Arc<Evidence>>,
-    codes: Codes,
-    grpc: GrpcCodes,
 }
 
 impl RouteMetrics {
@@ -558,16 +491,14 @@ impl RouteMetrics {
                 families: f,
                 ..
             } = &*self.0;
-            let labels = [&**route, &**backend];
             Box::new(Resolved {
-                duration: f.duration.with_label_values(&labels),
-                in_flight: f.in_flight.with_label_values(&labels),
-                errors: UpstreamErrorKind::ALL.map(|k| {
-                    f.upstream_errors
-                        .with_label_values(&[route, backend, k.as_str()])
-                }),
-                retries: ["connect", "5xx"]
-                    .map(|r| f.retries.with_label_values(&[route, backend, r])),
+                pair: f
+                    .pairs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((route.clone(), backend.clone()))
+                    .or_insert_with(|| Arc::new(Pair::new(f.edges.len() + 1)))
+                    .clone(),
                 evidence: (!route.is_empty()).then(|| {
                     f.evidence
                         .lock()
@@ -576,18 +507,8 @@ impl RouteMetrics {
                         .or_insert_with(|| Arc::new(Evidence::new(&f.edges)))
                         .clone()
                 }),
-                codes: Codes {
-                    common: Default::default(),
-                },
-                grpc: GrpcCodes {
-                    resolved: Default::default(),
-                },
             })
         })
-    }
-
-    fn handles(&self) -> (&Handles, &Resolved) {
-        (&self.0, self.resolved())
     }
 }
 
@@ -603,17 +524,42 @@ impl RouteMetrics {
 
     /// Records a response head without the A/B evidence, which a gRPC
     /// response gets from its `grpc-status` ([`Self::grpc`]).
+    #[inline]
     pub fn record_head(&self, code: u16, overridden: bool, seconds: f64) {
-        let (h, r) = self.handles();
-        r.codes.inc(h, code, overridden);
-        r.duration.observe(seconds);
+        let (h, r) = (&*self.0, self.resolved());
+        // Not a status code: counted as 500, as its label has always been.
+        let code = if (100..=999).contains(&code) {
+            code
+        } else {
+            500
+        };
+        let common = COMMON.iter().position(|c| *c == code);
+        if common.is_none() {
+            let ov = if overridden { "true" } else { "false" };
+            h.families
+                .rare_codes
+                .with_label_values(&[&h.route, &h.backend, itoa_code(code).as_str(), ov])
+                .inc();
+        }
+        // Upper edges are inclusive, as in Prometheus' `le`; NaN counts in
+        // `+Inf` only, as in the `prometheus` crate.
+        let edges = &h.families.edges;
+        let bucket = if seconds.is_nan() {
+            edges.len()
+        } else {
+            edges.partition_point(|e| *e < seconds)
+        };
+        r.pair
+            .response(common.map(|i| (overridden, i)), bucket, seconds);
     }
 
     /// Records a gRPC status (0-16) and, as the A/B evidence, whether it
     /// is an error, with the time to the response head.
     pub fn grpc(&self, status: u8, error: bool, overridden: bool, seconds: f64) {
-        let (h, r) = self.handles();
-        r.grpc.inc(h, status);
+        let r = self.resolved();
+        // Not a gRPC status: counted as 2 (UNKNOWN).
+        r.pair
+            .grpc(if status > 16 { 2 } else { usize::from(status) });
         if let (Some(e), false) = (&r.evidence, overridden) {
             e.record(error, seconds);
         }
@@ -644,7 +590,7 @@ impl RouteMetrics {
         }
     }
 
-    /// Whether the pair has served (its children exist).
+    /// Whether the pair has served (its counters exist).
     pub fn has_served(&self) -> bool {
         self.0.resolved.get().is_some()
     }
@@ -655,23 +601,27 @@ impl RouteMetrics {
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.resolved().errors[kind as usize].inc();
+        self.resolved().pair.upstream_error(kind);
     }
 
     pub fn retry(&self, reason: RetryReason) {
-        self.resolved().retries[reason as usize].inc();
+        self.resolved().pair.retry(reason as usize);
     }
 
-    pub fn in_flight(&self) -> &IntGauge {
-        &self.resolved().in_flight
+    /// Counts a request in `cutover_requests_in_flight` until the guard
+    /// drops.
+    #[inline]
+    pub fn in_flight(&self) -> InFlightGuard {
+        self.resolved().pair.in_flight()
     }
 
-    /// The latency histogram; an empty one for a pair that has served
-    /// nothing (reading it creates nothing).
-    pub fn duration(&self) -> &Histogram {
+    /// The latency histogram as a scrape shows it; empty buckets for a
+    /// pair that has served nothing (reading it creates nothing).
+    pub fn duration(&self) -> prometheus::proto::Histogram {
+        let edges = &self.0.families.edges;
         match self.0.resolved.get() {
-            Some(r) => &r.duration,
-            None => &self.0.families.empty_duration,
+            Some(r) => r.pair.histogram(edges),
+            None => pairs::histogram(edges, &vec![0; edges.len() + 1], 0),
         }
     }
 }
@@ -697,58 +647,6 @@ impl Failovers {
             cell.get_or_init(|| self.vec.with_label_values(&[&self.route, f, t]))
                 .inc();
         }
-    }
-}
-
-/// Status codes seen often enough to keep a resolved handle for.
-const COMMON: [u16; 18] = [
-    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 429, 431, 499, 500, 502, 503, 504,
-];
-
-/// `cutover_requests_total` children of one (route, backend): common codes
-/// are resolved on first use and kept; rare ones go through the vector.
-struct Codes {
-    common: [[OnceLock<IntCounter>; COMMON.len()]; 2],
-}
-
-impl Codes {
-    fn inc(&self, h: &Handles, code: u16, overridden: bool) {
-        let ov = if overridden { "true" } else { "false" };
-        let resolve = || {
-            let code = itoa_code(code);
-            h.families
-                .requests
-                .with_label_values(&[&h.route, &h.backend, code.as_str(), ov])
-        };
-        match COMMON.iter().position(|c| *c == code) {
-            Some(i) => self.common[usize::from(overridden)][i]
-                .get_or_init(resolve)
-                .inc(),
-            None => resolve().inc(),
-        }
-    }
-}
-
-/// `cutover_grpc_responses_total` children of one (route, backend),
-/// resolved on first use.
-struct GrpcCodes {
-    resolved: [OnceLock<IntCounter>; 17],
-}
-
-impl GrpcCodes {
-    const LABELS: [&'static str; 17] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-    ];
-
-    fn inc(&self, h: &Handles, status: u8) {
-        let i = if status > 16 { 2 } else { usize::from(status) };
-        self.resolved[i]
-            .get_or_init(|| {
-                h.families
-                    .grpc
-                    .with_label_values(&[&h.route, &h.backend, Self::LABELS[i]])
-            })
-            .inc();
     }
 }
 
@@ -797,7 +695,16 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("cutover_analysis_requests_total{"), "{text}");
+        for family in [
+            "cutover_requests_in_flight{",
+            "cutover_upstream_errors_total{",
+            "cutover_retries_total{",
+            "cutover_grpc_responses_total{",
+        ] {
+            assert!(!text.contains(family), "{family}\n{text}");
+        }
         assert_eq!(idle.duration().get_sample_count(), 0);
+        assert_eq!(idle.duration().get_bucket().len(), 2);
         assert!(idle.evidence().is_none());
         assert_eq!(idle.evidence_counts().buckets, vec![0, 0, 0]);
         idle.record(200, false, 0.05);
@@ -815,5 +722,176 @@ mod tests {
         let again = m.route(&"idle".into(), &"blue".into(), Some(50), false);
         assert_eq!(again.evidence().map(|e| e.snapshot().requests), Some(1));
         assert_eq!(again.duration().get_sample_count(), 1);
+    }
+
+    /// Requests from several threads at once: every count exact, the
+    /// in-flight gauge the sum of increments and decrements made on other
+    /// threads than theirs.
+    #[test]
+    fn counts_from_many_threads_add_up_exactly() {
+        const THREADS: usize = 8;
+        const N: u64 = 2_000;
+        let m = Metrics::new(&[0.1, 1.0]);
+        let h = m.route(&"app".into(), &"blue".into(), Some(90), false);
+        let held = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for i in 0..N {
+                        let guard = h.in_flight();
+                        // 0.5 s: the middle bucket; a power of two, so the
+                        // sum is exact in nanoseconds and in seconds.
+                        h.record(200, false, 0.5);
+                        if i % 10 == 0 {
+                            h.record(503, true, 2.0);
+                            h.record(418, false, 0.0625);
+                            h.upstream_error(UpstreamErrorKind::Reset);
+                            h.retry(RetryReason::Status5xx);
+                            h.grpc(14, true, false, 0.0625);
+                            // Ends on another thread than it started.
+                            held.lock().unwrap().push(guard);
+                        }
+                    }
+                });
+            }
+        });
+        let (n, tenth) = (THREADS as u64 * N, THREADS as u64 * N / 10);
+        let text = m.render();
+        let has = |line: String| assert!(text.contains(&line), "{line}\n{text}");
+        let rb = r#"backend="blue",route="app""#;
+        has(format!(
+            r#"cutover_requests_total{{backend="blue",code="200",override="false",route="app"}} {n}"#
+        ));
+        has(format!(
+            r#"cutover_requests_total{{backend="blue",code="503",override="true",route="app"}} {tenth}"#
+        ));
+        has(format!(
+            r#"cutover_requests_total{{backend="blue",code="418",override="false",route="app"}} {tenth}"#
+        ));
+        has(format!(
+            r#"cutover_request_duration_seconds_bucket{{{rb},le="0.1"}} {tenth}"#
+        ));
+        has(format!(
+            r#"cutover_request_duration_seconds_bucket{{{rb},le="1"}} {}"#,
+            n + tenth
+        ));
+        has(format!(
+            r#"cutover_request_duration_seconds_bucket{{{rb},le="+Inf"}} {}"#,
+            n + 2 * tenth
+        ));
+        has(format!(
+            r#"cutover_request_duration_seconds_count{{{rb}}} {}"#,
+            n + 2 * tenth
+        ));
+        let sum = n as f64 * 0.5 + tenth as f64 * (2.0 + 0.0625);
+        has(format!(
+            r#"cutover_request_duration_seconds_sum{{{rb}}} {sum}"#
+        ));
+        has(format!(
+            r#"cutover_upstream_errors_total{{backend="blue",kind="reset",route="app"}} {tenth}"#
+        ));
+        has(format!(
+            r#"cutover_retries_total{{backend="blue",reason="5xx",route="app"}} {tenth}"#
+        ));
+        has(format!(
+            r#"cutover_grpc_responses_total{{backend="blue",grpc_status="14",route="app"}} {tenth}"#
+        ));
+        has(format!(r#"cutover_requests_in_flight{{{rb}}} {tenth}"#));
+        drop(held);
+        let zero = format!(r#"cutover_requests_in_flight{{{rb}}} 0"#);
+        assert!(m.render().contains(&zero), "{zero}");
+        assert_eq!(h.duration().get_sample_count(), n + 2 * tenth);
+        // The evidence: overrides excluded, gRPC statuses included.
+        assert_eq!(h.evidence_counts().requests, n + 2 * tenth);
+    }
+
+    /// The six striped families against what the `prometheus` crate's
+    /// vectors exported for the same events (the contract: names, help,
+    /// types, labels, buckets, which series exist and their values).
+    #[test]
+    fn exposition_is_the_prometheus_crates() {
+        use prometheus::{HistogramOpts, HistogramVec};
+        let edges = [0.1, 1.0];
+        let m = Metrics::new(&edges);
+        let reference = Registry::new();
+        let counter = |name: &str, labels: &[&str]| {
+            let (_, help, _) = pairs::FAMILIES.iter().find(|f| f.0 == name).unwrap();
+            let v = IntCounterVec::new(Opts::new(name, *help), labels).unwrap();
+            reference.register(Box::new(v.clone())).unwrap();
+            v
+        };
+        let requests = counter(pairs::REQUESTS, &["route", "backend", "code", "override"]);
+        let errors = counter(pairs::ERRORS, &["route", "backend", "kind"]);
+        let retries = counter(pairs::RETRIES, &["route", "backend", "reason"]);
+        let grpc = counter(pairs::GRPC, &["route", "backend", "grpc_status"]);
+        let duration = HistogramVec::new(
+            HistogramOpts::new(pairs::DURATION, pairs::FAMILIES[1].1).buckets(edges.to_vec()),
+            &["route", "backend"],
+        )
+        .unwrap();
+        let in_flight = IntGaugeVec::new(
+            Opts::new(pairs::IN_FLIGHT, pairs::FAMILIES[2].1),
+            &["route", "backend"],
+        )
+        .unwrap();
+        reference.register(Box::new(duration.clone())).unwrap();
+        reference.register(Box::new(in_flight.clone())).unwrap();
+        // What resolving a pair created.
+        let resolve = |r: &str, b: &str| {
+            duration.with_label_values(&[r, b]);
+            in_flight.with_label_values(&[r, b]);
+            for k in UpstreamErrorKind::ALL {
+                errors.with_label_values(&[r, b, k.as_str()]);
+            }
+            for reason in ["connect", "5xx"] {
+                retries.with_label_values(&[r, b, reason]);
+            }
+        };
+        let pair = |r: &str, b: &str| m.route(&r.into(), &b.into(), Some(1), false);
+        let (unmatched, blue, green) = (pair("", ""), pair("app", "blue"), pair("app", "green"));
+        let _idle = pair("idle", "blue");
+        resolve("", "");
+        for (h, b, code, ov, seconds) in [
+            (&blue, "blue", 200, false, 0.5),
+            (&blue, "blue", 200, false, 0.0625),
+            (&blue, "blue", 599, false, 2.0),
+            (&green, "green", 502, true, 0.25),
+            (&unmatched, "", 404, false, 0.125),
+        ] {
+            let r = if b.is_empty() { "" } else { "app" };
+            h.record(code, ov, seconds);
+            resolve(r, b);
+            let labels = [r, b, &code.to_string(), if ov { "true" } else { "false" }];
+            requests.with_label_values(&labels).inc();
+            duration.with_label_values(&[r, b]).observe(seconds);
+        }
+        blue.upstream_error(UpstreamErrorKind::Connect);
+        errors.with_label_values(&["app", "blue", "connect"]).inc();
+        green.retry(RetryReason::Connect);
+        retries
+            .with_label_values(&["app", "green", "connect"])
+            .inc();
+        green.grpc(4, true, false, 0.5);
+        grpc.with_label_values(&["app", "green", "4"]).inc();
+        let _busy = blue.in_flight();
+        in_flight.with_label_values(&["app", "blue"]).inc();
+
+        let ours = m.render();
+        let theirs = prometheus::TextEncoder::new()
+            .encode_to_string(&reference.gather())
+            .unwrap();
+        let striped = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| {
+                    let name = l
+                        .trim_start_matches("# HELP ")
+                        .trim_start_matches("# TYPE ");
+                    pairs::FAMILIES.iter().any(|f| name.starts_with(f.0))
+                })
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(striped(&ours), striped(&theirs), "{ours}");
+        assert!(ours.contains(r#"cutover_requests_total{backend="blue",code="599","#));
     }
 }

@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::core::Collector;
 use serde::Serialize;
 
 use crate::metrics::Metrics;
@@ -167,7 +166,7 @@ fn sample(
         }
         for b in r.backends.iter() {
             let key = (r.name.clone(), b.backend.name.clone());
-            let (bounds, now) = totals(b.metrics.duration());
+            let (bounds, now) = totals(&b.metrics.duration());
             let now = Totals {
                 errors_5xx: errors.get(&key).copied().unwrap_or(0),
                 ..now
@@ -224,14 +223,9 @@ fn point(
 
 /// Sample count and cumulative bucket counts of a histogram, with the
 /// buckets' upper bounds.
-fn totals(h: &prometheus::Histogram) -> (Vec<f64>, Totals) {
+fn totals(hist: &prometheus::proto::Histogram) -> (Vec<f64>, Totals) {
     let mut t = Totals::default();
     let mut bounds = Vec::new();
-    let families = h.collect();
-    let Some(m) = families.first().and_then(|f| f.get_metric().first()) else {
-        return (bounds, t);
-    };
-    let hist = m.get_histogram();
     t.count = hist.get_sample_count();
     for b in hist.get_bucket() {
         bounds.push(b.upper_bound());
@@ -243,19 +237,18 @@ fn totals(h: &prometheus::Histogram) -> (Vec<f64>, Totals) {
 /// 5xx responses by (route, backend), from `cutover_requests_total`.
 fn errors_5xx(metrics: &Metrics) -> HashMap<(Arc<str>, Arc<str>), u64> {
     let mut out: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
-    for family in metrics.requests_family().collect() {
-        for m in family.get_metric() {
-            let label = |name: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == name)
-                    .map(|l| l.value())
-                    .unwrap_or_default()
-            };
-            if label("code").starts_with('5') {
-                let key = (Arc::from(label("route")), Arc::from(label("backend")));
-                *out.entry(key).or_default() += m.get_counter().value() as u64;
-            }
+    let family = metrics.requests_family();
+    for m in family.get_metric() {
+        let label = |name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value())
+                .unwrap_or_default()
+        };
+        if label("code").starts_with('5') {
+            let key = (Arc::from(label("route")), Arc::from(label("backend")));
+            *out.entry(key).or_default() += m.get_counter().value() as u64;
         }
     }
     out

@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use prometheus::IntGauge;
 
 pub use crate::upstream::body::{BodyError, ClientBody, RequestBody};
 use crate::upstream::endpoint::InFlight;
@@ -205,19 +204,6 @@ impl Drop for ResponseBody {
     }
 }
 
-/// Holds a gauge up by one while alive.
-#[derive(Debug)]
-pub struct GaugeGuard(IntGauge);
-
-impl GaugeGuard {
-    pub fn new(gauge: &IntGauge) -> GaugeGuard {
-        gauge.inc();
-        GaugeGuard(gauge.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
+/// Holds `cutover_requests_in_flight` of a (route, backend) up by one
+/// while alive.
+pub type GaugeGuard = crate::metrics::InFlightGuard;

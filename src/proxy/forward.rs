@@ -215,7 +215,7 @@ pub async fn forward<'t>(
     loop {
         let this = &route.backends[backend];
         let in_flight = endpoint.start_request();
-        let gauge = GaugeGuard::new(this.metrics.in_flight());
+        let gauge = this.metrics.in_flight();
         let send = w.client.send(endpoint, req, this.backend.max_connections);
         tokio::pin!(send);
         let sent = loop {
