@@ -265,9 +265,15 @@ async fn accept_loop(
 /// lets through: 64 KiB, the protocol's initial window (RFC 9113 §6.9.2).
 const MAX_SEND_BUF: usize = 64 * 1024;
 
-/// hyper's server settings, every limit explicit: `auto` detects HTTP/2
-/// (TLS, and plain connections that may send its preface); `h1` serves the
-/// HTTP/1 rounds of plain connections.
+/// hyper's own cap on a request's header fields. Left to hyper when it is
+/// the configured one: set explicitly, hyper fills a buffer of that many
+/// entries for every request head it parses (1.7k instructions a request)
+/// instead of using an uninitialized one on the stack.
+const HYPER_MAX_HEADERS: usize = 100;
+
+/// hyper's server settings, every limit explicit (`max_headers` when it is
+/// not hyper's own): `auto` detects HTTP/2 (TLS, and plain connections that
+/// may send its preface); `h1` serves the HTTP/1 rounds of plain connections.
 pub struct Builders {
     auto: auto::Builder<TokioExecutor>,
     h1: http1::Builder,
@@ -280,9 +286,11 @@ fn http_builders(l: &Limits) -> Builders {
         // `timeouts.header_read` is enforced by `io::Activity::watch`.
         .header_read_timeout(None)
         .max_buf_size(l.max_header_bytes)
-        .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
+    if l.max_headers != HYPER_MAX_HEADERS {
+        auto.http1().max_headers(l.max_headers);
+    }
     auto.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)
@@ -301,9 +309,11 @@ fn http_builders(l: &Limits) -> Builders {
         // when much of a big head may be there): this one counts the head.
         .max_header_size(l.max_header_bytes)
         .max_buf_size(l.max_header_bytes)
-        .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
+    if l.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(l.max_headers);
+    }
     Builders { auto, h1 }
 }
 
