@@ -28,6 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
+use super::headers;
 use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked, speaks_http1};
 use super::listener::Listeners;
 use crate::config::{Limits, Timeouts};
@@ -380,10 +381,12 @@ pub async fn serve<I: ClientStream>(
         let worker = worker.clone();
         let conn = conn.clone();
         let busy = handler_activity.busy();
-        let ends_round = keeps_alive(&req);
+        // One walk over the request's fields, for this and the request path.
+        let fields = headers::Fields::of_request(req.headers());
+        let ends_round = keeps_alive(&req, &fields);
         let h1 = req.version() < Version::HTTP_2;
         async move {
-            let mut resp = handler::handle(&worker, &conn, req).await;
+            let mut resp = handler::handle(&worker, &conn, req, fields).await;
             // Draining: an HTTP/1 connection is not closed while idle, where
             // the client's next request could cross the close; the next
             // response says it is the last (RFC 9112 §9.6), as Envoy's drain
@@ -624,12 +627,12 @@ where
 /// A request after which the connection stays open and in HTTP/1 (RFC 9112
 /// §9.3): version 1.1, no body (so nothing of it is left to read), no
 /// `Connection: close`, no upgrade.
-fn keeps_alive(req: &Request<Incoming>) -> bool {
+fn keeps_alive(req: &Request<Incoming>, fields: &headers::Fields) -> bool {
     req.version() == Version::HTTP_11
         && req.body().is_end_stream()
         && req.method() != Method::CONNECT
-        && !req.headers().contains_key(header::UPGRADE)
-        && !says_close(req.headers())
+        && !fields.upgrade
+        && (fields.connection == 0 || !says_close(req.headers()))
 }
 
 /// A response after which hyper keeps the connection open.
