@@ -154,8 +154,10 @@ fn header_rewrite(c: &mut Criterion) {
     let client = HeaderValue::from_static("127.0.0.1");
     let mut run = || {
         let mut h = base.clone();
-        headers::strip_hop_by_hop(&mut h);
-        headers::set_forwarded(&mut h, &client, false);
+        let mut fields = headers::Fields::of_request(&h);
+        headers::strip_hop_by_hop(&mut h, &fields);
+        let host = fields.host.take();
+        headers::set_forwarded(&mut h, &client, false, host, fields.forwarded);
         black_box(h);
     };
     println!(

@@ -163,6 +163,49 @@ async fn a_100_kib_request_head_is_431() {
     );
 }
 
+/// A request head to `path` with `fields` header fields (`Host` included).
+fn head_with_fields(path: &str, fields: usize) -> Vec<u8> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n");
+    for i in 1..fields {
+        req.push_str(&format!("x-f-{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// The answer's status line, however the proxy ended the connection.
+async fn status_line(addr: SocketAddr, head: &[u8]) -> String {
+    let mut c = RawConn::connect(addr).await;
+    let _ = c.send(head).await;
+    let got = c.read_until_close(Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn header_field_count_limit_holds_at_its_default_and_when_set() {
+    // `limits.max_headers` = 100 by default (left to hyper, whose own cap
+    // it is): 101 fields are a 431. (96 pass: the proxy adds 4, and the
+    // test backend has the same cap.)
+    let (b, _g, p) = common::blue_green(100, 0, "").await;
+    let ok = roundtrip(p.http, &head_with_fields("/many", 96))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    let over = status_line(p.http, &head_with_fields("/over", 101)).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "got {over:?}");
+    assert_eq!(b.seen(), ["/many"], "101 fields reached the backend");
+    // Set, it is the cap.
+    let (b, _g, p) = common::blue_green(100, 0, "\n[limits]\nmax_headers = 5\n").await;
+    let ok = roundtrip(p.http, &head_with_fields("/five", 5))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    let over = status_line(p.http, &head_with_fields("/six", 6)).await;
+    assert!(over.starts_with("HTTP/1.1 431"), "got {over:?}");
+    assert_eq!(b.seen(), ["/five"], "6 fields reached the backend");
+}
+
 /// `POST /echo` whose Content-Length covers a hidden `GET /smuggled`, while
 /// `Transfer-Encoding: chunked` ends the body right before it.
 fn smuggling_request(te_first: bool) -> Vec<u8> {

@@ -118,15 +118,21 @@ pub fn check(data: &[u8]) {
 
     // Step 4 of the request path.
     let mut h = orig.clone();
-    let upgrade = headers::requested_upgrade(&h);
-    headers::strip_hop_by_hop(&mut h);
+    let mut fields = headers::Fields::of_request(&h);
+    let upgrade = if fields.upgrade && fields.connection > 0 {
+        headers::requested_upgrade(&h)
+    } else {
+        None
+    };
+    headers::strip_hop_by_hop(&mut h, &fields);
     if let Some(protocol) = &upgrade {
         headers::set_upgrade(&mut h, protocol.clone());
     }
-    if let Some(a) = &authority {
-        headers::set_host(&mut h, a);
-    }
-    headers::set_forwarded(&mut h, &client, tls);
+    let host = match &authority {
+        Some(a) => headers::set_host(&mut h, a, fields.host.take()),
+        None => fields.host.take(),
+    };
+    headers::set_forwarded(&mut h, &client, tls, host, fields.forwarded);
 
     // What must be gone.
     let mut removed: Vec<String> = FIXED.iter().map(|s| s.to_string()).collect();

@@ -91,6 +91,8 @@ pub struct Context<'a> {
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// A copy of the body for a shadow request (`crate::shadow`).
     pub tee: Option<crate::upstream::tee::Tee>,
+    /// A gRPC call (`grpc::is_grpc`).
+    pub grpc: bool,
 }
 
 pub async fn forward<'t>(
@@ -107,12 +109,12 @@ pub async fn forward<'t>(
         request_id,
         bytes_in,
         tee,
+        grpc,
     } = cx;
     let policy = &route.backends[backend].backend.retry;
     // A gRPC call's own deadline (`grpc-timeout`) when it is shorter.
-    let grpc = super::grpc::is_grpc(&parts.headers);
-    let timeout = match super::grpc::timeout(&parts.headers) {
-        Some(t) if grpc => t.min(w.shared.timeouts.request),
+    let timeout = match grpc.then(|| super::grpc::timeout(&parts.headers)) {
+        Some(Some(t)) => t.min(w.shared.timeouts.request),
         _ => w.shared.timeouts.request,
     };
     let mut deadline = tokio::time::Instant::from_std(started) + timeout;

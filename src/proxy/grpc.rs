@@ -37,9 +37,11 @@ pub const MAX_CODE: u8 = 16;
 /// `Content-Type: application/grpc`, alone or with a `+format` or
 /// parameters.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    let Some(v) = headers.get(header::CONTENT_TYPE) else {
-        return false;
-    };
+    headers.get(header::CONTENT_TYPE).is_some_and(is_grpc_value)
+}
+
+/// Whether a `Content-Type` value is gRPC's (see [`is_grpc`]).
+pub fn is_grpc_value(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     const PREFIX: &[u8] = b"application/grpc";
     b.len() >= PREFIX.len()

@@ -56,10 +56,13 @@ impl ConnInfo {
     }
 }
 
+/// `fields`: what the caller found in the request's header fields
+/// (`headers::Fields::of_request`).
 pub async fn handle(
     w: &Worker,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
+    mut fields: headers::Fields,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     // One lock-free load, through this worker's own cache (no shared
@@ -68,25 +71,22 @@ pub async fn handle(
     let table = super::table_cache::current(&w.shared);
     // A gRPC call is judged by its grpc-status, and the proxy's own errors
     // are answered to it as gRPC.
-    let grpc = grpc::is_grpc(req.headers());
+    let grpc = fields.grpc;
 
     // 0. The request's ID (kept or made, `request_id`), and with
     //    `[access_log]` the request's part of its line, written now while
     //    the request is borrowed. An absolute-form target's (or HTTP/2
     //    `:authority`'s) authority wins over `Host` (RFC 9112 §3.2.2,
     //    RFC 9113 §8.3.1), and is what the upstream gets as `Host` (step 4).
-    let request_id = request_id::ensure(req.headers_mut());
-    let id = request_id.to_str().unwrap_or("-");
+    let request_id = request_id::ensure(req.headers_mut(), fields.request_ids);
+    // A kept ID is ASCII (`request_id::is_safe`), and so is a new one.
+    let id = std::str::from_utf8(request_id.as_bytes()).unwrap_or("-");
     let client_version = req.version();
     let host = req
         .uri()
         .authority()
         .map(headers::authority_host)
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        });
+        .or_else(|| fields.host.as_ref().and_then(|h| h.to_str().ok()));
     let entry = w.shared.access_log.as_ref().map(|log| {
         let path = match req.uri().path_and_query() {
             Some(pq) if log.log_query() => pq.as_str(),
@@ -120,28 +120,18 @@ pub async fn handle(
     //    Framing: never forward a request whose length two headers disagree
     //    on (RFC 9112 §6.1); hyper already rejects bad chunked lists and
     //    differing Content-Lengths with 400.
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
+    if fields.transfer_encoding && fields.content_length {
         let err = ProxyError::AmbiguousFraming;
         return log.local(&table.unmatched, err, entry, Answer::default());
     }
     //    The only transfer coding the proxy can pass on is a single chunked
     //    (it re-frames bodies): anything else would be silently dropped.
-    let te: Vec<&[u8]> = req
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|t| t.trim_ascii())
-        .collect();
-    let single_chunked = te.len() == 1 && te[0].eq_ignore_ascii_case(b"chunked");
-    if !(te.is_empty() || single_chunked) {
+    if fields.transfer_encoding && !single_chunked(req.headers()) {
         let err = ProxyError::UnsupportedTransferCoding;
         return log.local(&table.unmatched, err, entry, Answer::default());
     }
     //    Exactly one Host in HTTP/1.1 (RFC 9112 §3.2).
-    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let hosts = fields.hosts;
     if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
         let err = ProxyError::BadHost;
         return log.local(&table.unmatched, err, entry, Answer::default());
@@ -187,18 +177,26 @@ pub async fn handle(
     };
 
     // 4. Rewrite the request for the upstream (RFC 9110 §7.6).
-    let upgrade = headers::requested_upgrade(req.headers());
+    //    `fields` still holds for the hop-by-hop fields: only
+    //    `x-request-id` changed since.
+    let upgrade = if fields.upgrade && fields.connection > 0 {
+        headers::requested_upgrade(req.headers())
+    } else {
+        None
+    };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, &fields);
     if let Some(protocol) = upgrade {
         headers::set_upgrade(&mut parts.headers, protocol);
     }
-    if let Some(authority) = parts.uri.authority() {
-        headers::set_host(&mut parts.headers, authority);
-    }
-    headers::set_forwarded(&mut parts.headers, &conn.client_ip, conn.tls);
-    if parts.version == Version::HTTP_2 {
+    let host = match parts.uri.authority() {
+        Some(authority) => headers::set_host(&mut parts.headers, authority, fields.host.take()),
+        None => fields.host.take(),
+    };
+    let client = &conn.client_ip;
+    headers::set_forwarded(&mut parts.headers, client, conn.tls, host, fields.forwarded);
+    if parts.version == Version::HTTP_2 && fields.cookies > 1 {
         headers::join_cookies(&mut parts.headers);
     }
 
@@ -221,8 +219,10 @@ pub async fn handle(
             _ => None,
         },
         tee: mirror.as_mut().and_then(|m| m.request_tee()),
+        grpc,
     };
-    let asked = Instant::now();
+    // For the access log only.
+    let asked = entry.as_ref().map(|_| Instant::now());
     let chosen = backend;
     let Sent {
         mut resp,
@@ -247,7 +247,7 @@ pub async fn handle(
                 failover_from: answer
                     .failover_from
                     .or((backend != chosen).then(|| name(chosen))),
-                upstream: Some(asked.elapsed()),
+                upstream: asked.map(|a| a.elapsed()),
                 ..answer
             };
             return log.local(&route.backends[backend].metrics, err, entry, answer);
@@ -265,7 +265,7 @@ pub async fn handle(
             failover_from: answer
                 .failover_from
                 .or((backend != chosen).then(|| name(chosen))),
-            upstream: Some(asked.elapsed()),
+            upstream: asked.map(|a| a.elapsed()),
             ..answer
         };
         e.answer(&answer, None)
@@ -283,7 +283,8 @@ pub async fn handle(
         lease = None;
         let protocol = resp.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        headers::strip_hop_by_hop(resp.headers_mut());
+        let fields = headers::Fields::of(resp.headers());
+        headers::strip_hop_by_hop(resp.headers_mut(), &fields);
         if let (Some(client), Some(p)) = (client_upgrade, protocol) {
             headers::set_upgrade(resp.headers_mut(), p);
             // An upgrade is logged once, when the tunnel ends.
@@ -297,7 +298,8 @@ pub async fn handle(
             ));
         }
     } else {
-        headers::strip_hop_by_hop(resp.headers_mut());
+        let fields = headers::Fields::of(resp.headers());
+        headers::strip_hop_by_hop(resp.headers_mut(), &fields);
     }
     if let Some(cookie) = choice.set_cookie {
         served.metrics.assigned();
@@ -346,6 +348,17 @@ pub async fn handle(
         .teed(tee)
         .logged(entry)
     })
+}
+
+/// The request's `Transfer-Encoding` is a single `chunked`: the only coding
+/// the proxy can pass on (it re-frames bodies).
+fn single_chunked(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii());
+    matches!((codings.next(), codings.next()), (Some(t), None) if t.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// What a local answer needs besides its error.

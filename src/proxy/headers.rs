@@ -28,49 +28,108 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
     &crate::routing::overrides::TOKEN_HEADER,
 ];
 
+/// What the header rules need to know of a message, found in one walk over
+/// its fields, comparing names without hashing: each rule then looks up or
+/// removes only what is there. Most requests carry nothing the rules act on
+/// but `Host`, most responses nothing but `Connection`.
+#[derive(Debug, Default)]
+pub struct Fields {
+    /// The first `Host` value (requests only), and how many there are.
+    pub host: Option<HeaderValue>,
+    pub hosts: usize,
+    /// The first `Content-Type` says gRPC (requests only).
+    pub grpc: bool,
+    /// `Connection` fields.
+    pub connection: usize,
+    pub te: bool,
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub upgrade: bool,
+    /// Which of [`HOP_BY_HOP`] are there, a bit each.
+    listed: u8,
+    pub forwarded: bool,
+    pub request_ids: usize,
+    pub cookies: usize,
+}
+
+impl Fields {
+    /// A response's fields.
+    pub fn of(headers: &HeaderMap) -> Fields {
+        Fields::walk(headers, false)
+    }
+
+    /// A request's fields, with its `Host` and whether it is gRPC.
+    pub fn of_request(headers: &HeaderMap) -> Fields {
+        Fields::walk(headers, true)
+    }
+
+    #[inline(always)]
+    fn walk(headers: &HeaderMap, request: bool) -> Fields {
+        let mut f = Fields::default();
+        let mut content_type = false;
+        for (name, value) in headers {
+            if name == header::HOST {
+                if request && f.hosts == 0 {
+                    f.host = Some(value.clone());
+                }
+                f.hosts += 1;
+            } else if name == header::CONTENT_TYPE {
+                if request && !content_type {
+                    f.grpc = super::grpc::is_grpc_value(value);
+                }
+                content_type = true;
+            } else if name == header::CONTENT_LENGTH {
+                f.content_length = true;
+            } else if name == header::CONNECTION {
+                f.connection += 1;
+            } else if name == header::TE {
+                f.te = true;
+            } else if name == header::COOKIE {
+                f.cookies += 1;
+            } else if name == header::FORWARDED {
+                f.forwarded = true;
+            } else if *name == super::request_id::X_REQUEST_ID {
+                f.request_ids += 1;
+            } else if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+                f.listed |= 1 << i;
+                f.transfer_encoding |= name == header::TRANSFER_ENCODING;
+                f.upgrade |= name == header::UPGRADE;
+            }
+        }
+        f
+    }
+}
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field
 /// it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
 /// `Upgrade`, `HTTP2-Settings`, and `TE` unless it is exactly `trailers`.
-///
-/// Runs twice per request, so it first walks the names once, comparing
-/// without hashing, and looks up only what is there: most messages carry no
-/// hop-by-hop field but `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let (mut connection, mut te, mut listed, mut chunked) = (false, false, false, false);
-    for name in headers.keys() {
-        if name == header::CONNECTION {
-            connection = true;
-        } else if name == header::TE {
-            te = true;
-        } else if HOP_BY_HOP.contains(&name) {
-            listed = true;
-            chunked |= name == header::TRANSFER_ENCODING;
-        }
-    }
+/// `f` is what [`Fields`] found in `headers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, f: &Fields) {
     // A message with both `Transfer-Encoding` and `Content-Length` was
     // framed by the former; the latter must go (RFC 9112 §6.3), or it would
     // frame the re-chunked or re-counted body wrongly. (Requests like that
     // are refused before this; responses are fixed here.)
-    if chunked {
+    if f.transfer_encoding && f.content_length {
         headers.remove(header::CONTENT_LENGTH);
     }
-    if connection {
-        strip_connection(headers);
+    if f.connection > 0 {
+        strip_connection(headers, f.connection);
     }
-    if listed {
-        for name in HOP_BY_HOP {
-            headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if f.listed & (1 << i) != 0 {
+            headers.remove(*name);
         }
     }
-    if te && !te_only_trailers(headers) {
+    if f.te && !te_only_trailers(headers) {
         headers.remove(header::TE);
     }
 }
 
-/// Removes `Connection` and the fields it names (never `Host`).
-fn strip_connection(headers: &mut HeaderMap) {
+/// Removes `Connection` (`fields` of them) and the fields it names (never
+/// `Host`).
+fn strip_connection(headers: &mut HeaderMap, fields: usize) {
     // `remove` hands back only the first value; there is nearly always one.
-    if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
+    if fields == 1 {
         if let Some(value) = headers.remove(header::CONNECTION) {
             remove_named(headers, &value);
         }
@@ -89,14 +148,20 @@ fn strip_connection(headers: &mut HeaderMap) {
 
 /// Removes the fields a `Connection` value lists ("close, x-secret").
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    // "keep-alive" names a field removed anyway; "close" names none;
+    // `Host` is never removed.
+    let names_none = |t: &[u8]| {
+        [&b"keep-alive"[..], b"close", b"host"]
+            .iter()
+            .any(|n| t.eq_ignore_ascii_case(n))
+    };
+    // Nearly every value is one of those alone.
+    if names_none(connection.as_bytes()) {
+        return;
+    }
     for token in connection.as_bytes().split(|b| *b == b',') {
         let token = token.trim_ascii();
-        // "keep-alive" names a field removed anyway; "close" names none;
-        // `Host` is never removed.
-        if [&b"keep-alive"[..], b"close", b"host"]
-            .iter()
-            .any(|t| token.eq_ignore_ascii_case(t))
-        {
+        if names_none(token) {
             continue;
         }
         // A `&str` is looked up without allocating; one that is not a valid
@@ -152,13 +217,23 @@ pub fn authority_host(authority: &Authority) -> &str {
 
 /// Makes `Host` the request target's authority, when the target has one
 /// (absolute form, RFC 9112 §3.2.2: the received `Host` is ignored; an
-/// HTTP/2 `:authority`, RFC 9113 §8.3.1). Allocates only when they differ.
-pub fn set_host(headers: &mut HeaderMap, authority: &Authority) {
-    let host = authority_host(authority);
-    if headers.get(header::HOST).map(|v| v.as_bytes()) != Some(host.as_bytes())
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(header::HOST, v);
+/// HTTP/2 `:authority`, RFC 9113 §8.3.1), and returns the `Host` the request
+/// now has; `host` is the received one. Allocates only when they differ.
+pub fn set_host(
+    headers: &mut HeaderMap,
+    authority: &Authority,
+    host: Option<HeaderValue>,
+) -> Option<HeaderValue> {
+    let wanted = authority_host(authority);
+    if host.as_ref().map(|v| v.as_bytes()) == Some(wanted.as_bytes()) {
+        return host;
+    }
+    match HeaderValue::from_str(wanted) {
+        Ok(v) => {
+            headers.insert(header::HOST, v.clone());
+            Some(v)
+        }
+        Err(_) => host,
     }
 }
 
@@ -169,11 +244,20 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Sets `X-Forwarded-For` (appending `client` to what is there),
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`, and removes a client's
-/// `Forwarded` (RFC 7239): Cutover does not write that field, so one that
-/// reached the app could only be the client's own claim.
-pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
-    headers.remove(header::FORWARDED);
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (`host`: the request's `Host`),
+/// and removes a client's `Forwarded` (RFC 7239; `forwarded`: there is one):
+/// Cutover does not write that field, so one that reached the app could only
+/// be the client's own claim.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    tls: bool,
+    host: Option<HeaderValue>,
+    forwarded: bool,
+) {
+    if forwarded {
+        headers.remove(header::FORWARDED);
+    }
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(e) => {
             e.insert(client.clone());
@@ -193,7 +277,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
         if tls { HTTPS.clone() } else { HTTP.clone() },
     );
     // Never pass on a client's own X-Forwarded-Host.
-    match headers.get(header::HOST).cloned() {
+    match host {
         Some(host) => {
             headers.insert(&X_FORWARDED_HOST, host);
         }
@@ -226,6 +310,17 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    fn strip(h: &mut HeaderMap) {
+        let f = Fields::of(h);
+        strip_hop_by_hop(h, &f);
+    }
+
+    /// `set_forwarded` as the request path calls it.
+    fn forward(h: &mut HeaderMap, client: &HeaderValue, tls: bool) {
+        let f = Fields::of_request(h);
+        set_forwarded(h, client, tls, f.host, f.forwarded);
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -247,11 +342,11 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
         let mut h = map(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h["te"], "trailers");
     }
 
@@ -267,15 +362,49 @@ mod tests {
             ("te", "trailers, gzip"),
             ("transfer-encoding", "chunked"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["host"], "shop");
     }
 
     #[test]
+    fn fields_are_found_in_one_walk() {
+        let h = map(&[
+            ("host", "a"),
+            ("host", "b"),
+            ("content-type", "application/grpc"),
+            ("content-type", "text/plain"),
+            ("connection", "close"),
+            ("connection", "x"),
+            ("x-request-id", "1"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("forwarded", "for=x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+        ]);
+        let f = Fields::of_request(&h);
+        assert_eq!(f.host.as_ref().unwrap(), "a");
+        assert_eq!(f.hosts, 2);
+        assert!(f.grpc && f.forwarded && f.transfer_encoding && f.upgrade);
+        assert!(!f.te && !f.content_length);
+        assert_eq!((f.connection, f.request_ids, f.cookies), (2, 1, 2));
+        assert_eq!(f.listed, 0b1100);
+        // Only the first Content-Type counts; a response records neither.
+        let h = map(&[
+            ("content-type", "text/plain"),
+            ("content-type", "application/grpc"),
+        ]);
+        assert!(!Fields::of_request(&h).grpc);
+        let h = map(&[("host", "a"), ("content-type", "application/grpc")]);
+        let f = Fields::of(&h);
+        assert!(f.host.is_none() && !f.grpc && f.hosts == 1);
+    }
+
+    #[test]
     fn forwarded_headers_append() {
         let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("host", "shop")]);
-        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
+        forward(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop");
@@ -301,10 +430,10 @@ mod tests {
     #[test]
     fn transfer_encoding_drops_content_length() {
         let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert!(h.is_empty(), "{h:?}");
         let mut h = map(&[("content-length", "3")]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h["content-length"], "3");
     }
 
@@ -312,14 +441,19 @@ mod tests {
     fn authority_replaces_host() {
         let a: Authority = "user@other.host:8080".parse().unwrap();
         let mut h = map(&[("host", "shop")]);
-        set_host(&mut h, &a);
+        let given = h.get("host").cloned();
+        let host = set_host(&mut h, &a, given);
         assert_eq!(h["host"], "other.host:8080");
+        assert_eq!(host.unwrap(), "other.host:8080");
+        let same: Authority = "shop".parse().unwrap();
+        let given = h.get("host").cloned();
+        assert_eq!(set_host(&mut h, &same, given).unwrap(), "shop");
     }
 
     #[test]
     fn client_forwarded_is_removed() {
         let mut h = map(&[("forwarded", "for=6.6.6.6")]);
-        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
+        forward(&mut h, &HeaderValue::from_static("127.0.0.1"), false);
         assert!(!h.contains_key("forwarded"));
     }
 

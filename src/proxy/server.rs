@@ -28,6 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{self, ConnInfo, Worker};
+use super::headers;
 use super::io::{Activity, ActivityIo, Deadlines, Expired, Tracked, speaks_http1};
 use super::listener::Listeners;
 use crate::config::{Limits, Timeouts};
@@ -265,9 +266,15 @@ async fn accept_loop(
 /// lets through: 64 KiB, the protocol's initial window (RFC 9113 §6.9.2).
 const MAX_SEND_BUF: usize = 64 * 1024;
 
-/// hyper's server settings, every limit explicit: `auto` detects HTTP/2
-/// (TLS, and plain connections that may send its preface); `h1` serves the
-/// HTTP/1 rounds of plain connections.
+/// hyper's own cap on a request's header fields. Left to hyper when it is
+/// the configured one: set explicitly, hyper fills a buffer of that many
+/// entries for every request head it parses (1.7k instructions a request)
+/// instead of using an uninitialized one on the stack.
+const HYPER_MAX_HEADERS: usize = 100;
+
+/// hyper's server settings, every limit explicit (`max_headers` when it is
+/// not hyper's own): `auto` detects HTTP/2 (TLS, and plain connections that
+/// may send its preface); `h1` serves the HTTP/1 rounds of plain connections.
 pub struct Builders {
     auto: auto::Builder<TokioExecutor>,
     h1: http1::Builder,
@@ -280,9 +287,11 @@ fn http_builders(l: &Limits) -> Builders {
         // `timeouts.header_read` is enforced by `io::Activity::watch`.
         .header_read_timeout(None)
         .max_buf_size(l.max_header_bytes)
-        .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
+    if l.max_headers != HYPER_MAX_HEADERS {
+        auto.http1().max_headers(l.max_headers);
+    }
     auto.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(l.max_concurrent_streams)
@@ -301,9 +310,11 @@ fn http_builders(l: &Limits) -> Builders {
         // when much of a big head may be there): this one counts the head.
         .max_header_size(l.max_header_bytes)
         .max_buf_size(l.max_header_bytes)
-        .max_headers(l.max_headers)
         .keep_alive(true)
         .half_close(false);
+    if l.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(l.max_headers);
+    }
     Builders { auto, h1 }
 }
 
@@ -370,10 +381,12 @@ pub async fn serve<I: ClientStream>(
         let worker = worker.clone();
         let conn = conn.clone();
         let busy = handler_activity.busy();
-        let ends_round = keeps_alive(&req);
+        // One walk over the request's fields, for this and the request path.
+        let fields = headers::Fields::of_request(req.headers());
+        let ends_round = keeps_alive(&req, &fields);
         let h1 = req.version() < Version::HTTP_2;
         async move {
-            let mut resp = handler::handle(&worker, &conn, req).await;
+            let mut resp = handler::handle(&worker, &conn, req, fields).await;
             // Draining: an HTTP/1 connection is not closed while idle, where
             // the client's next request could cross the close; the next
             // response says it is the last (RFC 9112 §9.6), as Envoy's drain
@@ -609,12 +622,12 @@ where
 /// A request after which the connection stays open and in HTTP/1 (RFC 9112
 /// §9.3): version 1.1, no body (so nothing of it is left to read), no
 /// `Connection: close`, no upgrade.
-fn keeps_alive(req: &Request<Incoming>) -> bool {
+fn keeps_alive(req: &Request<Incoming>, fields: &headers::Fields) -> bool {
     req.version() == Version::HTTP_11
         && req.body().is_end_stream()
         && req.method() != Method::CONNECT
-        && !req.headers().contains_key(header::UPGRADE)
-        && !says_close(req.headers())
+        && !fields.upgrade
+        && (fields.connection == 0 || !says_close(req.headers()))
 }
 
 /// A response after which hyper keeps the connection open.
