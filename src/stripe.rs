@@ -4,7 +4,7 @@
 //! [`STRIPES`] threads (the workers and the control thread) no two
 //! threads write the same line, so nothing bounces between cores.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Stripes per striped value; threads map onto them round-robin as they
 /// first touch one.
@@ -15,6 +15,14 @@ pub const STRIPES: usize = 16;
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct Padded<T>(pub T);
+
+/// Counters per [`Line`]: 16 x 8 bytes = 128 bytes.
+pub const PER_LINE: usize = 16;
+
+/// Striped counters' storage: [`PER_LINE`] counters alone on their 128
+/// bytes, as [`Padded`] (the A/B evidence and the per-pair metrics).
+#[repr(align(128))]
+pub struct Line(pub [AtomicU64; PER_LINE]);
 
 thread_local! {
     static STRIPE: usize = {

@@ -7,14 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::stripe::STRIPES;
-
-/// Counters per line: 16 x 8 bytes = 128 bytes, two cache lines on x86
-/// (whose adjacent-line prefetcher pairs them) and one on Apple silicon.
-const PER_LINE: usize = 16;
-
-#[repr(align(128))]
-struct Line([AtomicU64; PER_LINE]);
+use crate::stripe::{Line, PER_LINE, STRIPES};
 
 const REQUESTS: usize = 0;
 const ERRORS: usize = 1;

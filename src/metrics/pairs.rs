@@ -25,7 +25,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, Opts};
 
 use super::UpstreamErrorKind;
-use crate::stripe::STRIPES;
+use crate::stripe::{Line, PER_LINE, STRIPES};
 
 pub const REQUESTS: &str = "cutover_requests_total";
 pub const DURATION: &str = "cutover_request_duration_seconds";
@@ -47,12 +47,6 @@ const RETRY_REASONS: [&str; 2] = ["connect", "5xx"];
 const GRPC_STATUSES: [&str; 17] = [
     "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
 ];
-
-/// Counters per line: 16 x 8 bytes = 128 bytes, as in `analysis::evidence`.
-const PER_LINE: usize = 16;
-
-#[repr(align(128))]
-struct Line([AtomicU64; PER_LINE]);
 
 // Where each counter sits in a stripe.
 /// Requests in flight: +1 and -1 as wrapping `u64`s, summed as an `i64`.
