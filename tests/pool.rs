@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 struct CountingBackend {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Connections the proxy closed (end of stream seen by the backend).
+    closed: Arc<AtomicUsize>,
 }
 
 impl CountingBackend {
@@ -28,18 +30,20 @@ impl CountingBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let ends = closed.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let ends = ends.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
-                        let Ok(n) = stream.read(&mut chunk).await else {
-                            return;
-                        };
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
                         if n == 0 {
+                            ends.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
                         buf.extend_from_slice(&chunk[..n]);
@@ -63,22 +67,33 @@ impl CountingBackend {
                 });
             }
         });
-        CountingBackend { addr, accepted }
+        CountingBackend {
+            addr,
+            accepted,
+            closed,
+        }
     }
 
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
 }
 
-async fn proxy_to(backend: &CountingBackend) -> Proxy {
-    Proxy::start(&format!(
+fn config_for(backend: &CountingBackend) -> String {
+    format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
          [backends.blue]\nendpoints = [\"{}\"]\n\n\
          [[routes]]\nname = \"app\"\nweights = {{ blue = 100 }}\n",
         backend.addr
-    ))
-    .await
+    )
+}
+
+async fn proxy_to(backend: &CountingBackend) -> Proxy {
+    Proxy::start(&config_for(backend)).await
 }
 
 #[tokio::test]
@@ -124,5 +139,55 @@ async fn a_pooled_connection_closed_by_the_backend_is_replaced() {
         common::metric(&metrics, "cutover_upstream_errors_total", &[]),
         0.0,
         "a stale pooled connection is not an upstream error:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_endpoint_s_idle_connections_are_closed() {
+    let old = CountingBackend::start(false).await;
+    let new = CountingBackend::start(false).await;
+    let proxy = proxy_to(&old).await;
+    // Several client connections, so that both workers pool connections to
+    // the old endpoint.
+    for i in 0..20 {
+        let client = common::client();
+        let resp = client.get(proxy.url("/length")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    assert!(old.accepted() >= 1);
+    assert_eq!(old.closed(), 0, "pooled connections stay open while listed");
+    proxy.write_config(&config_for(&new));
+    let switched = common::eventually(Duration::from_secs(10), || async {
+        let resp = common::client()
+            .get(proxy.url("/length"))
+            .send()
+            .await
+            .unwrap();
+        resp.status() == 200 && new.accepted() > 0
+    })
+    .await;
+    assert!(switched, "the reload took effect");
+    // Requests on new client connections reach every worker, which then
+    // lets go of the old table (2^-19 that 20 miss one of two workers).
+    for _ in 0..20 {
+        let resp = common::client()
+            .get(proxy.url("/length"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // The old endpoint is in no table: its idle connections close, even
+    // though the backend keeps them open forever.
+    let closed = common::eventually(Duration::from_secs(10), || async {
+        old.closed() == old.accepted()
+    })
+    .await;
+    assert!(
+        closed,
+        "{} of {} connections to the removed endpoint were closed",
+        old.closed(),
+        old.accepted()
     );
 }

@@ -16,6 +16,7 @@ use super::pool::Pools;
 use crate::config::{
     BackendSpec, Balance, EndpointSpec, OutlierSpec, Protocol, RetrySpec, UpstreamTls,
 };
+use crate::stripe::Padded;
 
 /// Milliseconds on a process-wide monotonic clock; never 0.
 pub fn now_ms() -> u64 {
@@ -30,8 +31,10 @@ pub struct Endpoint {
     /// `host:port` as shown in logs, metrics and `/admin/state`.
     pub label: Arc<str>,
     /// Requests in flight, per thread stripe (`stripe`): starting and
-    /// ending a request writes only the worker's own cache line.
-    in_flight: Box<[crate::stripe::Padded<AtomicIsize>]>,
+    /// ending a request writes only the worker's own cache lines (the
+    /// count, and the reference count of its own `Arc` that the request's
+    /// [`InFlight`] holds).
+    in_flight: Box<[Arc<Padded<AtomicIsize>>]>,
     /// The active health check's verdict (true without checks).
     healthy: AtomicBool,
     /// Passive ejection: unavailable until this `now_ms()`; 0 when not.
@@ -61,7 +64,7 @@ impl Endpoint {
             label: spec.authority.as_str().into(),
             spec,
             in_flight: (0..crate::stripe::STRIPES)
-                .map(|_| Default::default())
+                .map(|_| Arc::default())
                 .collect(),
             healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
@@ -111,10 +114,10 @@ impl Endpoint {
     }
 
     /// Counts a request against this endpoint until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        let stripe = crate::stripe::current() % self.in_flight.len();
-        self.in_flight[stripe].0.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone(), stripe)
+    pub fn start_request(&self) -> InFlight {
+        let count = &self.in_flight[crate::stripe::current() % self.in_flight.len()];
+        count.0.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
     }
 
     /// A response below 500: the failure streak ends.
@@ -162,14 +165,14 @@ impl LogGate {
     }
 }
 
-/// A request in flight to an endpoint, and the stripe it counts in;
+/// A request in flight to an endpoint, as the stripe it counts in;
 /// dropping it ends the count (on that stripe, whichever thread drops it).
 #[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>, usize);
+pub struct InFlight(Arc<Padded<AtomicIsize>>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight[self.1].0.fetch_sub(1, Ordering::Relaxed);
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

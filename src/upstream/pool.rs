@@ -1,8 +1,12 @@
 //! Keep-alive connections to endpoints. Every [`Endpoint`] holds one idle
 //! list per worker thread and a worker only touches its own, so the mutex
 //! around a list is never contended (it is there because the endpoint is
-//! shared). Reloads keep endpoints, and with them their connections; a
-//! removed endpoint's connections close when its last table is dropped.
+//! shared). Each worker's list sits behind its own `Arc` ([`Slot`]): a
+//! request holds that one, not the endpoint's, so leasing a connection
+//! writes only the worker's own reference count. Reloads keep endpoints,
+//! and with them their connections; a removed endpoint's connections close
+//! when its last table (and the last request leasing one) is gone: a
+//! connection's own task holds its slot only weakly.
 //!
 //! A connection is leased for one request and comes back when the response
 //! body has been read to its end ([`Lease::release`]); one dropped midway is
@@ -23,7 +27,7 @@
 //! request it gives back unsent goes on the next one.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -48,13 +52,14 @@ const SHADOW: usize = 1 << (usize::BITS - 1);
 /// The idle connections of one endpoint, a list per worker.
 #[derive(Debug)]
 pub struct Pools {
-    slots: Box<[Slot]>,
+    slots: Box<[Arc<Slot>]>,
     /// `protocol = "auto"` and ALPN chose HTTP/1.1: connections open
     /// concurrently again, as for `http1`.
     auto_h1: AtomicBool,
 }
 
-/// One worker's list and counts, alone on their cache line.
+/// One worker's list and counts, alone on their cache line (and, behind
+/// its own `Arc`, with their own reference count).
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Slot {
@@ -72,17 +77,17 @@ struct Slot {
     connecting: AtomicUsize,
 }
 
-/// Counts a connection as open until its connection task ends.
-struct Open {
-    endpoint: Arc<Endpoint>,
-    worker: usize,
-}
+/// Counts a connection as open until its connection task ends. Weak: the
+/// slot holds the connection's sender while it is idle, and the task ends
+/// only once the sender is dropped.
+struct Open(Weak<Slot>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let slot = self.endpoint.pools.slot(self.worker);
-        slot.open.fetch_sub(1, Ordering::Relaxed);
-        slot.freed.notify_one();
+        if let Some(slot) = self.0.upgrade() {
+            slot.open.fetch_sub(1, Ordering::Relaxed);
+            slot.freed.notify_one();
+        }
     }
 }
 
@@ -96,32 +101,49 @@ impl Pools {
     pub fn new(workers: usize) -> Pools {
         Pools {
             // The second half: the workers' shadow slots.
-            slots: (0..2 * workers.max(1)).map(|_| Slot::default()).collect(),
+            slots: (0..2 * workers.max(1)).map(|_| Arc::default()).collect(),
             auto_h1: AtomicBool::new(false),
         }
     }
 
-    /// A stream on the first live HTTP/2 connection of `worker` with room;
-    /// closed and idle ones are dropped on the way.
-    fn take_h2(&self, worker: usize) -> Option<(H2Conn, Stream)> {
-        let mut conns = self
-            .slot(worker)
-            .h2
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// Closes `worker`'s connections that idled out or were closed by the
+    /// endpoint. The oldest are first in the list.
+    pub fn sweep(&self, worker: usize) {
+        for w in [worker, worker | SHADOW] {
+            let mut idle = self.slot(w).idle();
+            idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+        }
+    }
+
+    fn slot(&self, worker: usize) -> &Arc<Slot> {
+        let half = self.slots.len() / 2;
+        let base = if worker & SHADOW != 0 { half } else { 0 };
+        &self.slots[base + (worker & !SHADOW) % half]
+    }
+
+    /// Connections `worker` has open to the endpoint.
+    pub fn open(&self, worker: usize) -> usize {
+        self.slot(worker).open.load(Ordering::Relaxed)
+    }
+}
+
+impl Slot {
+    /// A stream on the first live HTTP/2 connection with room; closed and
+    /// idle ones are dropped on the way.
+    fn take_h2(&self) -> Option<(H2Conn, Stream)> {
+        let mut conns = self.h2.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|c| !c.sender.is_closed() && !c.state.idled_out());
         let c = conns.iter().find(|c| c.state.has_room())?;
         Some((c.clone(), c.state.start_stream()))
     }
 
-    fn put_h2(&self, worker: usize, conn: H2Conn) {
-        let slot = self.slot(worker);
-        slot.h2.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    fn put_h2(&self, conn: H2Conn) {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 
-    /// The most recently used live connection of `worker`, if any.
-    fn take(&self, worker: usize) -> Option<Sender> {
-        let mut idle = self.idle(worker);
+    /// The most recently used live connection, if any.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle();
         while let Some(Idle { sender, since }) = idle.pop() {
             if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(sender);
@@ -130,8 +152,8 @@ impl Pools {
         None
     }
 
-    fn put(&self, worker: usize, sender: Sender) {
-        let mut idle = self.idle(worker);
+    fn put(&self, sender: Sender) {
+        let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,
@@ -139,34 +161,11 @@ impl Pools {
             });
         }
         drop(idle);
-        self.slot(worker).freed.notify_one();
+        self.freed.notify_one();
     }
 
-    /// Closes `worker`'s connections that idled out or were closed by the
-    /// endpoint. The oldest are first in the list.
-    pub fn sweep(&self, worker: usize) {
-        for w in [worker, worker | SHADOW] {
-            let mut idle = self.idle(w);
-            idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
-        }
-    }
-
-    fn slot(&self, worker: usize) -> &Slot {
-        let half = self.slots.len() / 2;
-        let base = if worker & SHADOW != 0 { half } else { 0 };
-        &self.slots[base + (worker & !SHADOW) % half]
-    }
-
-    fn idle(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.slot(worker)
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Connections `worker` has open to the endpoint.
-    pub fn open(&self, worker: usize) -> usize {
-        self.slot(worker).open.load(Ordering::Relaxed)
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -179,8 +178,7 @@ pub struct Lease(Held);
 enum Held {
     H1 {
         sender: Sender,
-        endpoint: Arc<Endpoint>,
-        worker: usize,
+        slot: Arc<Slot>,
         reusable: bool,
     },
     H2 {
@@ -192,15 +190,13 @@ enum Held {
 #[derive(Debug)]
 struct StreamLease {
     _stream: Stream,
-    endpoint: Arc<Endpoint>,
-    worker: usize,
+    slot: Arc<Slot>,
 }
 
 impl Drop for StreamLease {
     fn drop(&mut self) {
-        let slot = self.endpoint.pools.slot(self.worker);
-        if slot.waiting.load(Ordering::Relaxed) != 0 {
-            slot.freed.notify_one();
+        if self.slot.waiting.load(Ordering::Relaxed) != 0 {
+            self.slot.freed.notify_one();
         }
     }
 }
@@ -220,8 +216,7 @@ impl Lease {
     pub fn release(self) {
         let Held::H1 {
             mut sender,
-            endpoint,
-            worker,
+            slot,
             reusable,
         } = self.0
         else {
@@ -231,11 +226,11 @@ impl Lease {
             return;
         }
         if sender.is_ready() {
-            endpoint.pools.put(worker, sender);
+            slot.put(sender);
         } else if !sender.is_closed() {
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    endpoint.pools.put(worker, sender);
+                    slot.put(sender);
                 }
             });
         }
@@ -308,8 +303,8 @@ impl Client {
             // `send_h2` boxed here and below: its future would otherwise
             // be inlined twice into this one, which every HTTP/1 request
             // carries (and moves) too.
-            while multiplexed && let Some((conn, stream)) = endpoint.pools.take_h2(self.worker) {
-                match Box::pin(self.send_h2(endpoint, conn, stream, req)).await {
+            while multiplexed && let Some((conn, stream)) = slot.take_h2() {
+                match Box::pin(self.send_h2(endpoint, slot, conn, stream, req)).await {
                     Err(SendError {
                         unsent: Some(unsent),
                         ..
@@ -317,10 +312,10 @@ impl Client {
                     done => return done,
                 }
             }
-            while let Some(mut sender) = endpoint.pools.take(self.worker) {
+            while let Some(mut sender) = slot.take() {
                 h2::to_h1(&mut req);
                 match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, self.lease(sender, endpoint))),
+                    Ok(resp) => return Ok((resp, lease(sender, slot))),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
                         None => {
@@ -360,11 +355,8 @@ impl Client {
             }
         }
         slot.open.fetch_add(1, Ordering::Relaxed);
-        let open = Open {
-            endpoint: endpoint.clone(),
-            worker: self.worker,
-        };
-        let handshake = multiplexed.then(|| Handshake::start(endpoint, self.worker));
+        let open = Open(Arc::downgrade(slot));
+        let handshake = multiplexed.then(|| Handshake::start(slot));
         // Boxed: connecting (resolver, TLS handshake) is rare and its future
         // large; unboxed it would grow every request's future.
         let connecting = Box::pin(connect(
@@ -383,7 +375,7 @@ impl Client {
                 }
                 h2::to_h1(&mut req);
                 match sender.try_send_request(req).await {
-                    Ok(resp) => Ok((resp, self.lease(sender, endpoint))),
+                    Ok(resp) => Ok((resp, lease(sender, slot))),
                     Err(mut e) => Err(SendError {
                         unsent: e.take_message(),
                         error: e.into_error().into(),
@@ -392,9 +384,9 @@ impl Client {
             }
             Ok(Connected::H2(conn)) => {
                 let stream = conn.state.start_stream();
-                endpoint.pools.put_h2(self.worker, conn.clone());
+                slot.put_h2(conn.clone());
                 slot.freed.notify_waiters();
-                Box::pin(self.send_h2(endpoint, conn, stream, req)).await
+                Box::pin(self.send_h2(endpoint, slot, conn, stream, req)).await
             }
             Err(e) => Err(SendError {
                 error: e.into(),
@@ -406,7 +398,8 @@ impl Client {
     /// One request as a stream of an HTTP/2 connection.
     async fn send_h2(
         &self,
-        endpoint: &Arc<Endpoint>,
+        endpoint: &Endpoint,
+        slot: &Arc<Slot>,
         mut conn: H2Conn,
         stream: Stream,
         mut req: Request<RequestBody>,
@@ -415,8 +408,7 @@ impl Client {
         let lease = Lease(Held::H2 {
             _stream: StreamLease {
                 _stream: stream,
-                endpoint: endpoint.clone(),
-                worker: self.worker,
+                slot: slot.clone(),
             },
         });
         match conn.sender.try_send_request(req).await {
@@ -427,42 +419,31 @@ impl Client {
             }),
         }
     }
+}
 
-    fn lease(&self, sender: Sender, endpoint: &Arc<Endpoint>) -> Lease {
-        Lease(Held::H1 {
-            sender,
-            endpoint: endpoint.clone(),
-            worker: self.worker,
-            reusable: true,
-        })
-    }
+/// An HTTP/1.1 connection leased for one request.
+fn lease(sender: Sender, slot: &Arc<Slot>) -> Lease {
+    Lease(Held::H1 {
+        sender,
+        slot: slot.clone(),
+        reusable: true,
+    })
 }
 
 /// An HTTP/2 handshake under way on a worker; when it ends, however it
 /// ends, the requests that waited for it look again.
-struct Handshake {
-    endpoint: Arc<Endpoint>,
-    worker: usize,
-}
+struct Handshake(Arc<Slot>);
 
 impl Handshake {
-    fn start(endpoint: &Arc<Endpoint>, worker: usize) -> Handshake {
-        endpoint
-            .pools
-            .slot(worker)
-            .connecting
-            .fetch_add(1, Ordering::Relaxed);
-        Handshake {
-            endpoint: endpoint.clone(),
-            worker,
-        }
+    fn start(slot: &Arc<Slot>) -> Handshake {
+        slot.connecting.fetch_add(1, Ordering::Relaxed);
+        Handshake(slot.clone())
     }
 }
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        let slot = self.endpoint.pools.slot(self.worker);
-        slot.connecting.fetch_sub(1, Ordering::Relaxed);
-        slot.freed.notify_waiters();
+        self.0.connecting.fetch_sub(1, Ordering::Relaxed);
+        self.0.freed.notify_waiters();
     }
 }
