@@ -492,6 +492,45 @@ mod tests {
         }
     }
 
+    /// The sample-ratio alarm uses `srm_confidence`, not `confidence`:
+    /// counts whose e-value lies between 1/0.05 and 1/0.001 alarm only
+    /// when `srm_confidence` is lowered to 0.95.
+    #[test]
+    fn the_srm_alarm_uses_srm_confidence() {
+        let n = [1_000, 1_180];
+        let e = srm::test(&n, &[50, 50], 0.05).e_value;
+        assert!(
+            (20.0..1000.0).contains(&e),
+            "e-value {e} between the levels"
+        );
+        let judged = |srm_confidence: f64| {
+            let subject = Subject {
+                name: "app".into(),
+                backends: vec![("blue".into(), 50), ("green".into(), 50)],
+                baseline: "blue".into(),
+                unit: SrmUnit::Requests,
+                settings: verdict::Settings {
+                    srm_confidence,
+                    ..verdict::Settings::default()
+                },
+                edges: vec![0.1],
+            };
+            let counts: Vec<Counts> = n
+                .iter()
+                .map(|&requests| Counts {
+                    requests,
+                    buckets: vec![requests, 0],
+                    ..Counts::default()
+                })
+                .collect();
+            judge_counts(&subject, &counts, Duration::from_secs(60))
+                .srm
+                .alarm
+        };
+        assert!(!judged(verdict::Settings::default().srm_confidence));
+        assert!(judged(0.95));
+    }
+
     #[test]
     fn windows_slide_and_restart_on_new_weights() {
         let metrics = Metrics::new(&[0.001, 0.01, 0.1]);
