@@ -167,9 +167,9 @@ fn header_rewrite(c: &mut Criterion) {
     c.bench_function("header_rewrite", |b| b.iter(&mut run));
 }
 
-/// Recording a response: the Prometheus handles alone (as before the A/B
-/// evidence) against the whole `record`, which adds the evidence's three
-/// relaxed adds on the thread's own stripe.
+/// Recording a response: the whole `record` (the pair's striped Prometheus
+/// series and the A/B evidence, relaxed adds on the thread's own stripes)
+/// against the evidence alone.
 fn record(c: &mut Criterion) {
     let metrics = Metrics::new(&[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
