@@ -13,7 +13,9 @@ use http_body::Frame;
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
+use super::table_cache::Handle;
 use crate::metrics::{RouteMetrics, UpstreamErrorKind};
+use crate::routing::Route;
 use crate::upstream::{Backend, Endpoint};
 
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -128,17 +130,49 @@ pub fn local_response(err: ProxyError) -> Response<ResponseBody> {
 /// endpoint's success or failure. A body that ends without one counts as
 /// INTERNAL, an upstream reset as UNAVAILABLE, and a client that went away
 /// first as CANCELLED (not the endpoint's fault).
+///
+/// It holds the worker's own handle on the table and finds the pair's
+/// metrics, the backend and the endpoint in it by position: cloning their
+/// `Arc`s would write reference counts every worker shares, per request.
 pub struct Watch {
-    pub metrics: RouteMetrics,
-    pub backend: Arc<Backend>,
-    pub endpoint: Arc<Endpoint>,
-    pub overridden: bool,
+    table: Handle,
+    route: usize,
+    backend: usize,
+    endpoint: usize,
+    overridden: bool,
     /// Time to the response head, the latency in the evidence.
-    pub seconds: f64,
-    pub done: bool,
+    seconds: f64,
+    done: bool,
 }
 
 impl Watch {
+    /// Watches the answer of `endpoint`, of the `backend`-th backend of
+    /// `route` in `table`.
+    pub fn new(
+        table: &Handle,
+        route: &Route,
+        backend: usize,
+        endpoint: &Arc<Endpoint>,
+        overridden: bool,
+        seconds: f64,
+    ) -> Watch {
+        let endpoint = route.backends[backend]
+            .backend
+            .endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, endpoint))
+            .unwrap_or(usize::MAX);
+        Watch {
+            table: table.clone(),
+            route: route.index,
+            backend,
+            endpoint,
+            overridden,
+            seconds,
+            done: false,
+        }
+    }
+
     pub fn frame(&mut self, frame: &Frame<Bytes>) {
         if let Some(t) = frame.trailers_ref() {
             self.finish(status_of(t).unwrap_or(INTERNAL));
@@ -164,21 +198,27 @@ impl Watch {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        judge(
-            &self.metrics,
-            &self.backend,
-            &self.endpoint,
-            code,
-            self.overridden,
-            self.seconds,
-        );
+        let served = &self.table.routes[self.route].backends[self.backend];
+        if let Some(endpoint) = served.backend.endpoints.get(self.endpoint) {
+            let (overridden, seconds) = (self.overridden, self.seconds);
+            judge(
+                &served.metrics,
+                &served.backend,
+                endpoint,
+                code,
+                overridden,
+                seconds,
+            );
+        }
     }
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
-            .field("endpoint", &self.endpoint.label)
+            .field("route", &self.route)
+            .field("backend", &self.backend)
+            .field("endpoint", &self.endpoint)
             .field("done", &self.done)
             .finish_non_exhaustive()
     }

@@ -320,14 +320,7 @@ pub async fn handle(
     let mut watch = None;
     if grpc && resp.status() == StatusCode::OK {
         served.metrics.record_head(200, choice.overridden, seconds);
-        let judged = grpc::Watch {
-            metrics: served.metrics.clone(),
-            backend: served.backend.clone(),
-            endpoint: endpoint.clone(),
-            overridden: choice.overridden,
-            seconds,
-            done: false,
-        };
+        let judged = grpc::Watch::new(&table, route, backend, endpoint, choice.overridden, seconds);
         match grpc::status_of(resp.headers()) {
             Some(code) => judged.judge_now(code),
             None => watch = Some(Box::new(judged)),

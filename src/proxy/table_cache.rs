@@ -26,13 +26,16 @@ impl Deref for Source {
     }
 }
 
+/// A worker's handle on a table: the outer `Arc` is the worker's own, so
+/// cloning it writes a count only that worker writes.
+#[allow(clippy::redundant_allocation)]
+pub type Handle = Arc<Arc<RoutingTable>>;
+
 /// A thread's cache of one `Shared`'s table.
 struct Local {
     cache: Cache<Source, Arc<RoutingTable>>,
-    /// This thread's own handle on the cached table: the outer `Arc` is
-    /// the point (its count is written by this thread only).
-    #[allow(clippy::redundant_allocation)]
-    mine: Arc<Arc<RoutingTable>>,
+    /// This thread's own handle on the cached table.
+    mine: Handle,
 }
 
 thread_local! {
@@ -42,8 +45,7 @@ thread_local! {
 /// The current table, as a handle only this thread counts on. A thread
 /// serving another `Shared` (tests run several proxies in one process)
 /// starts its cache again.
-#[allow(clippy::redundant_allocation)]
-pub fn current(shared: &Arc<Shared>) -> Arc<Arc<RoutingTable>> {
+pub fn current(shared: &Arc<Shared>) -> Handle {
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
         let local = match &mut *local {

@@ -36,6 +36,8 @@ pub struct RoutingTable {
 }
 
 pub struct Route {
+    /// Its place in [`RoutingTable::routes`].
+    pub index: usize,
     pub name: Arc<str>,
     /// The host and path prefix as configured, for `/admin/state`.
     pub host: String,
@@ -95,6 +97,7 @@ impl RoutingTable {
                     spec.weights.iter().map(|(b, _)| by_name(b)).collect();
                 let member_names: Vec<Arc<str>> = members.iter().map(|b| b.name.clone()).collect();
                 Route {
+                    index: i,
                     failovers: metrics.failovers(&name, &member_names),
                     name: name.clone(),
                     host: match &spec.host {
