@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::analysis::evidence::Evidence;
+use crate::analysis::evidence::{Evidence, Latency};
 
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -515,10 +515,12 @@ impl RouteMetrics {
 impl RouteMetrics {
     /// Records a response head sent to the client.
     pub fn record(&self, code: u16, overridden: bool, seconds: f64) {
-        self.record_head(code, overridden, seconds);
+        // Placed once for the series and the evidence.
+        let latency = Latency::of(&self.0.families.edges, seconds);
+        let r = self.head(code, overridden, latency);
         // A/B evidence: what ordinary users got; testers' overrides are not.
-        if let (Some(e), false) = (&self.resolved().evidence, overridden) {
-            e.record(code >= 500, seconds);
+        if let (Some(e), false) = (&r.evidence, overridden) {
+            e.record_latency(code >= 500, latency);
         }
     }
 
@@ -526,6 +528,15 @@ impl RouteMetrics {
     /// response gets from its `grpc-status` ([`Self::grpc`]).
     #[inline]
     pub fn record_head(&self, code: u16, overridden: bool, seconds: f64) {
+        self.head(
+            code,
+            overridden,
+            Latency::of(&self.0.families.edges, seconds),
+        );
+    }
+
+    #[inline]
+    fn head(&self, code: u16, overridden: bool, latency: Latency) -> &Resolved {
         let (h, r) = (&*self.0, self.resolved());
         // Not a status code: counted as 500, as its label has always been.
         let code = if (100..=999).contains(&code) {
@@ -541,16 +552,8 @@ impl RouteMetrics {
                 .with_label_values(&[&h.route, &h.backend, itoa_code(code).as_str(), ov])
                 .inc();
         }
-        // Upper edges are inclusive, as in Prometheus' `le`; NaN counts in
-        // `+Inf` only, as in the `prometheus` crate.
-        let edges = &h.families.edges;
-        let bucket = if seconds.is_nan() {
-            edges.len()
-        } else {
-            edges.partition_point(|e| *e < seconds)
-        };
-        r.pair
-            .response(common.map(|i| (overridden, i)), bucket, seconds);
+        r.pair.response(common.map(|i| (overridden, i)), latency);
+        r
     }
 
     /// Records a gRPC status (0-16) and, as the A/B evidence, whether it

@@ -17,6 +17,34 @@ const ASSIGNED: usize = 2;
 const SUM_NANOS: usize = 3;
 const BUCKETS: usize = 4;
 
+/// Where a response's latency falls, computed once per response for both
+/// the A/B evidence and the per-pair Prometheus series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    /// Its bucket, `0..=edges.len()`: upper edges are inclusive, as in
+    /// Prometheus' `le`; NaN counts in `+Inf` only, as in the `prometheus`
+    /// crate.
+    pub bucket: usize,
+    /// Nanoseconds (`as` saturates: a negative or NaN duration is 0).
+    pub nanos: u64,
+}
+
+impl Latency {
+    /// `seconds` against the finite upper `edges`.
+    #[inline]
+    pub fn of(edges: &[f64], seconds: f64) -> Latency {
+        let bucket = if seconds.is_nan() {
+            edges.len()
+        } else {
+            edges.partition_point(|e| *e < seconds)
+        };
+        Latency {
+            bucket,
+            nanos: (seconds * 1e9) as u64,
+        }
+    }
+}
+
 /// Striped counters of one (route, backend).
 pub struct Evidence {
     /// Finite upper edges of the latency buckets, seconds; one more bucket
@@ -89,16 +117,20 @@ impl Evidence {
     /// Records one response sent to the client (override traffic is not
     /// evidence: callers skip it).
     pub fn record(&self, error: bool, seconds: f64) {
+        self.record_latency(error, Latency::of(&self.edges, seconds));
+    }
+
+    /// [`Self::record`] with the latency already placed (against these
+    /// edges).
+    #[inline]
+    pub fn record_latency(&self, error: bool, latency: Latency) {
         let stripe = crate::stripe::current();
         self.add(stripe, REQUESTS);
         if error {
             self.add(stripe, ERRORS);
         }
-        // `as` saturates: a negative or NaN duration adds 0.
-        self.add_n(stripe, SUM_NANOS, (seconds * 1e9) as u64);
-        // Upper edges are inclusive, as in Prometheus' `le`.
-        let bucket = self.edges.partition_point(|e| *e < seconds);
-        self.add(stripe, BUCKETS + bucket);
+        self.add_n(stripe, SUM_NANOS, latency.nanos);
+        self.add(stripe, BUCKETS + latency.bucket);
     }
 
     /// Records a new sticky user assigned to this backend.
@@ -149,6 +181,7 @@ mod tests {
         }
         let c = e.snapshot();
         assert_eq!(c.requests, 20_000);
+        assert_eq!(c.sum_nanos, 10_000 * 10_000_000 + 10_000 * 500_000_000);
         assert_eq!(c.errors, 2_000);
         assert_eq!(c.assigned, 20);
         assert_eq!(c.buckets, vec![10_000, 0, 10_000]);
@@ -157,5 +190,42 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(later.since(&c).requests, 5);
+    }
+
+    #[test]
+    fn latency_buckets_have_inclusive_upper_edges() {
+        let edges = [0.01, 0.1];
+        let at = |s: f64| Latency::of(&edges, s);
+        assert_eq!(
+            at(0.0),
+            Latency {
+                bucket: 0,
+                nanos: 0
+            }
+        );
+        assert_eq!(at(0.01).bucket, 0);
+        assert_eq!(at(0.010001).bucket, 1);
+        assert_eq!(at(0.1).bucket, 1);
+        assert_eq!(
+            at(7.0),
+            Latency {
+                bucket: 2,
+                nanos: 7_000_000_000
+            }
+        );
+        assert_eq!(
+            at(f64::NAN),
+            Latency {
+                bucket: 2,
+                nanos: 0
+            }
+        );
+        assert_eq!(
+            at(-1.0),
+            Latency {
+                bucket: 0,
+                nanos: 0
+            }
+        );
     }
 }

@@ -25,6 +25,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{IntCounterVec, Opts};
 
 use super::UpstreamErrorKind;
+use crate::analysis::evidence::Latency;
 use crate::stripe::{Line, PER_LINE, STRIPES};
 
 pub const REQUESTS: &str = "cutover_requests_total";
@@ -100,16 +101,16 @@ impl Pair {
     }
 
     /// A response head sent: its code's counter (`None` for a code outside
-    /// [`COMMON`], counted by the caller), its latency bucket and duration.
+    /// [`COMMON`], counted by the caller), its latency (bucket and
+    /// nanoseconds, placed once for this and the A/B evidence).
     #[inline]
-    pub fn response(&self, code: Option<(bool, usize)>, bucket: usize, seconds: f64) {
+    pub fn response(&self, code: Option<(bool, usize)>, latency: Latency) {
         let s = self.mine();
         if let Some((overridden, i)) = code {
             add(s, AT_CODES + usize::from(overridden) * COMMON.len() + i, 1);
         }
-        // `as` saturates: a negative or NaN duration adds 0.
-        add(s, AT_SUM_NANOS, (seconds * 1e9) as u64);
-        add(s, AT_BUCKETS + bucket, 1);
+        add(s, AT_SUM_NANOS, latency.nanos);
+        add(s, AT_BUCKETS + latency.bucket, 1);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {

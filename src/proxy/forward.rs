@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use super::body::{BodyError, ClientBody, GaugeGuard, RequestBody};
 use super::error::{ProxyError, classify, is_client_body};
 use super::handler::Worker;
+use super::request_id::as_str as id_str;
 use crate::metrics::RetryReason;
 use crate::routing::Route;
 use crate::upstream::Endpoint;
@@ -87,7 +88,7 @@ struct Resend {
 /// of its failures), and a counter of its body's bytes (access log).
 pub struct Context<'a> {
     pub started: Instant,
-    pub request_id: &'a str,
+    pub request_id: &'a http::HeaderValue,
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// A copy of the body for a shadow request (`crate::shadow`).
     pub tee: Option<crate::upstream::tee::Tee>,
@@ -294,7 +295,7 @@ pub async fn forward<'t>(
                         this.backend.report_failure(endpoint);
                     }
                     tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        request_id, "retrying a gRPC call answered UNAVAILABLE");
+                        request_id = id_str(request_id), "retrying a gRPC call answered UNAVAILABLE");
                     this.metrics.retry(RetryReason::Status5xx);
                     drop((resp, lease));
                     req = again;
@@ -323,7 +324,7 @@ pub async fn forward<'t>(
                     });
                 };
                 tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    status = status.as_u16(), request_id, "retrying after a 5xx");
+                    status = status.as_u16(), request_id = id_str(request_id), "retrying after a 5xx");
                 this.metrics.retry(RetryReason::Status5xx);
                 req = copy.request();
                 next
@@ -335,7 +336,7 @@ pub async fn forward<'t>(
                 // The proxy's own limit: not the endpoint's failure.
                 if let Some(suppressed) = endpoint.warn_gate.allow() {
                     tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        max_connections = this.backend.max_connections, suppressed, request_id,
+                        max_connections = this.backend.max_connections, suppressed, request_id = id_str(request_id),
                         "upstream connection limit reached");
                 }
                 return Err(Failed {
@@ -347,7 +348,7 @@ pub async fn forward<'t>(
             }
             Ok(Err(SendError { error, .. })) if BodyError::is_stalled(&error) => {
                 tracing::debug!(route = %route.name, timeout = ?w.shared.timeouts.body_idle,
-                    request_id, "the client stopped sending its body");
+                    request_id = id_str(request_id), "the client stopped sending its body");
                 return Err(Failed {
                     err: ProxyError::ClientBodyTimeout,
                     backend,
@@ -381,7 +382,7 @@ pub async fn forward<'t>(
                     });
                 };
                 tracing::debug!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                    error = %error_chain(&error), request_id, "resending a request the backend did not process");
+                    error = %error_chain(&error), request_id = id_str(request_id), "resending a request the backend did not process");
                 this.metrics.retry(RetryReason::Connect);
                 req = again;
                 resend = Some(r);
@@ -391,7 +392,7 @@ pub async fn forward<'t>(
             Ok(Err(SendError { error, unsent })) => {
                 if is_client_body(&error) {
                     tracing::debug!(route = %route.name, error = %error_chain(&error),
-                        request_id, "client request body failed");
+                        request_id = id_str(request_id), "client request body failed");
                     return Err(Failed {
                         err: ProxyError::ClientBody,
                         backend,
@@ -406,7 +407,7 @@ pub async fn forward<'t>(
                 this.metrics.upstream_error(kind);
                 if let Some(suppressed) = endpoint.warn_gate.allow() {
                     tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        kind = kind.as_str(), error = %error_chain(&error), suppressed, request_id,
+                        kind = kind.as_str(), error = %error_chain(&error), suppressed, request_id = id_str(request_id),
                         "upstream request failed");
                 }
                 let err = ProxyError::Upstream(kind);
@@ -436,7 +437,7 @@ pub async fn forward<'t>(
                     .upstream_error(crate::metrics::UpstreamErrorKind::Timeout);
                 if let Some(suppressed) = endpoint.warn_gate.allow() {
                     tracing::warn!(route = %route.name, backend = %this.backend.name, endpoint = %endpoint.label,
-                        timeout = ?w.shared.timeouts.request, suppressed, request_id, "upstream did not answer in time");
+                        timeout = ?w.shared.timeouts.request, suppressed, request_id = id_str(request_id), "upstream did not answer in time");
                 }
                 return Err(Failed {
                     err: ProxyError::RequestTimeout,

@@ -79,8 +79,6 @@ pub async fn handle(
     //    `:authority`'s) authority wins over `Host` (RFC 9112 §3.2.2,
     //    RFC 9113 §8.3.1), and is what the upstream gets as `Host` (step 4).
     let request_id = request_id::ensure(req.headers_mut(), fields.request_ids);
-    // A kept ID is ASCII (`request_id::is_safe`), and so is a new one.
-    let id = std::str::from_utf8(request_id.as_bytes()).unwrap_or("-");
     let client_version = req.version();
     let host = req
         .uri()
@@ -158,7 +156,7 @@ pub async fn handle(
         // otherwise log a line per request.
         static GATE: LogGate = LogGate::new();
         if let Some(suppressed) = GATE.allow() {
-            tracing::warn!(route = %route.name, suppressed, request_id = id,
+            tracing::warn!(route = %route.name, suppressed, request_id = request_id::as_str(&request_id),
                 "no backend of the route has an available endpoint");
         }
         let metrics = &route.backends[wanted].metrics;
@@ -213,7 +211,7 @@ pub async fn handle(
     let mut entry = entry;
     let cx = Context {
         started,
-        request_id: id,
+        request_id: &request_id,
         bytes_in: match &mut entry {
             Some(e) if !body.is_end_stream() => Some(e.count_in()),
             _ => None,

@@ -149,11 +149,13 @@ fn strip_connection(headers: &mut HeaderMap, fields: usize) {
 /// Removes the fields a `Connection` value lists ("close, x-secret").
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     // "keep-alive" names a field removed anyway; "close" names none;
-    // `Host` is never removed.
+    // `Host` is never removed. Their usual spellings are compared exactly
+    // first: a byte comparison is far cheaper than a case-insensitive one.
     let names_none = |t: &[u8]| {
-        [&b"keep-alive"[..], b"close", b"host"]
-            .iter()
-            .any(|n| t.eq_ignore_ascii_case(n))
+        matches!(t, b"keep-alive" | b"close")
+            || [&b"keep-alive"[..], b"close", b"host"]
+                .iter()
+                .any(|n| t.eq_ignore_ascii_case(n))
     };
     // Nearly every value is one of those alone.
     if names_none(connection.as_bytes()) {
@@ -348,6 +350,19 @@ mod tests {
         let mut h = map(&[("te", "trailers")]);
         strip(&mut h);
         assert_eq!(h["te"], "trailers");
+        // The tokens that name nothing to remove, in any case.
+        for c in [
+            "keep-alive",
+            "Keep-Alive",
+            "close",
+            "CLOSE",
+            "host",
+            "close, Host",
+        ] {
+            let mut h = map(&[("connection", c), ("host", "shop"), ("x-kept", "1")]);
+            strip(&mut h);
+            assert_eq!(h.len(), 2, "{c}: {h:?}");
+        }
     }
 
     #[test]

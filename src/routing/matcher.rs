@@ -46,6 +46,11 @@ impl Matcher {
     /// The route for `host` (a `Host` header value, any case, port allowed)
     /// and `path`.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        // No route names a host (known since the table was built): the
+        // host need not be normalized nor looked up.
+        if self.exact.is_empty() && self.suffix.is_empty() {
+            return self.any.find(path);
+        }
         let mut buf = [0u8; 256];
         if let Some(host) = host.and_then(|h| normalize_host(h, &mut buf)) {
             if let Some(r) = self.exact.get(host).and_then(|p| p.find(path)) {
@@ -72,7 +77,12 @@ fn normalize_host<'a>(host: &str, buf: &'a mut [u8; 256]) -> Option<&'a str> {
         // An IPv6 literal: "[::1]:8080".
         &host[..host.find(']').map_or(host.len(), |i| i + 1)]
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+        // The last ':' starts the port (a byte search: cheaper than
+        // `rsplit_once` on a short string).
+        match host.as_bytes().iter().rposition(|b| *b == b':') {
+            Some(i) => &host[..i],
+            None => host,
+        }
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     let out = buf.get_mut(..name.len())?;
@@ -107,6 +117,24 @@ mod tests {
         // Falls through to the any-host routes when the host has no match.
         assert_eq!(m.find(Some("only-api.test"), "/api/v1"), Some(1));
         assert_eq!(m.find(Some("[::1]:80"), "/"), Some(0));
+        assert_eq!(m.find(Some("shop.example.com."), "/"), Some(2));
+    }
+
+    #[test]
+    fn without_host_routes_any_host_matches() {
+        let mut m = Matcher::default();
+        m.insert(&HostMatch::Any, "/", 0);
+        m.insert(&HostMatch::Any, "/api", 1);
+        for host in [
+            None,
+            Some("shop:80"),
+            Some("[::1]"),
+            Some(""),
+            Some("x".repeat(300).as_str()),
+        ] {
+            assert_eq!(m.find(host, "/api/x"), Some(1), "{host:?}");
+            assert_eq!(m.find(host, "/b"), Some(0), "{host:?}");
+        }
     }
 
     #[test]
