@@ -59,6 +59,41 @@ fn echoed(body: &Value, name: &str) -> Option<String> {
     body["headers"][name][0].as_str().map(str::to_owned)
 }
 
+/// `Connection` may name fields to drop at the hop, but not the request's
+/// ID: the backend gets the ID the client and the log see, whether the
+/// client sent one or not.
+#[tokio::test]
+async fn a_connection_header_cannot_strip_the_request_id() {
+    let (_b, _g, p) = common::blue_green(100, 0, ACCESS).await;
+    let c = common::client();
+    for given in [Some("client-id-1"), None] {
+        let mut req = c
+            .get(p.url("/echo"))
+            .header("connection", "keep-alive, x-request-id, x-other")
+            .header("x-other", "dropped");
+        if let Some(id) = given {
+            req = req.header("x-request-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        let id = id_of(&resp);
+        if let Some(given) = given {
+            assert_eq!(id, given);
+        }
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            echoed(&body, "x-request-id").as_deref(),
+            Some(&*id),
+            "{body}"
+        );
+        assert_eq!(
+            echoed(&body, "x-other"),
+            None,
+            "a named field is dropped: {body}"
+        );
+        line_of(&log_path(&p), &id).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_names_the_backend_and_the_request_id_everyone_saw() {
     let extra = format!("override = {{ header = \"x-cutover-backend\" }}\n{ACCESS}");

@@ -2,7 +2,7 @@
 //! `proxy::handler::handle`) on arbitrary header maps: no hop-by-hop field
 //! survives (RFC 9110 §7.6.1: the fixed ones, those `Connection` names, `TE`
 //! unless only `trailers`), `Content-Length` goes with `Transfer-Encoding`,
-//! `Host` is kept (or is the target's authority), every other field is
+//! `Host` is kept (or is the target's authority), `X-Request-Id` is kept, every other field is
 //! untouched, and the forwarding headers are as the README documents them.
 
 use std::net::IpAddr;
@@ -140,7 +140,7 @@ pub fn check(data: &[u8]) {
         for token in v.as_bytes().split(|b| *b == b',') {
             let token = token.trim_ascii().to_ascii_lowercase();
             if let Ok(t) = String::from_utf8(token)
-                && !["host", "close", ""].contains(&t.as_str())
+                && !["host", "x-request-id", "close", ""].contains(&t.as_str())
             {
                 removed.push(t);
             }

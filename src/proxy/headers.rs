@@ -126,7 +126,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, f: &Fields) {
 }
 
 /// Removes `Connection` (`fields` of them) and the fields it names (never
-/// `Host`).
+/// `Host` nor `X-Request-Id`).
 fn strip_connection(headers: &mut HeaderMap, fields: usize) {
     // `remove` hands back only the first value; there is nearly always one.
     if fields == 1 {
@@ -149,11 +149,13 @@ fn strip_connection(headers: &mut HeaderMap, fields: usize) {
 /// Removes the fields a `Connection` value lists ("close, x-secret").
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     // "keep-alive" names a field removed anyway; "close" names none;
-    // `Host` is never removed. Their usual spellings are compared exactly
-    // first: a byte comparison is far cheaper than a case-insensitive one.
+    // `Host` is never removed, nor the request's ID (the one the log, the
+    // backend and the client see; it is set before this). Their usual
+    // spellings are compared exactly first: a byte comparison is far
+    // cheaper than a case-insensitive one.
     let names_none = |t: &[u8]| {
         matches!(t, b"keep-alive" | b"close")
-            || [&b"keep-alive"[..], b"close", b"host"]
+            || [&b"keep-alive"[..], b"close", b"host", b"x-request-id"]
                 .iter()
                 .any(|n| t.eq_ignore_ascii_case(n))
     };
