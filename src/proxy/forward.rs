@@ -186,13 +186,13 @@ pub async fn forward<'t>(
             replay = Some(copy);
             body
         } else {
-            RequestBody::Streaming(body)
+            RequestBody::Streaming(Box::new(body))
         }
     } else if !multiplexed {
         if body.is_end_stream() {
             RequestBody::Empty
         } else {
-            RequestBody::Streaming(body)
+            RequestBody::Streaming(Box::new(body))
         }
     } else {
         // HTTP/2: hyper loses a request whose stream the backend refused,

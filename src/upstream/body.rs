@@ -19,7 +19,10 @@ use super::endpoint::now_ms;
 /// buffered so that a retry can send it again, or nothing.
 #[derive(Debug)]
 pub enum RequestBody {
-    Streaming(ClientBody),
+    /// Boxed: a request moves several times on its way to the upstream
+    /// connection (hyper's dispatch channel, and back on failure), and
+    /// most requests have no body.
+    Streaming(Box<ClientBody>),
     /// The client's body, held until the backend answers `100 Continue`.
     Expecting(Box<super::expect::Held>),
     Buffered(Option<Bytes>),
@@ -191,7 +194,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Streaming(b) => Pin::new(&mut **b).poll_frame(cx),
             RequestBody::Expecting(h) => h.poll_frame(cx),
             RequestBody::Buffered(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Replayable(r) => Pin::new(&mut **r).poll_frame(cx),

@@ -124,6 +124,12 @@ pub async fn connect(
     }
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(READ_BUF_MAX)
+        // Flattened writes, as the client side's (see `proxy::server`):
+        // cheaper than hyper's vectored flush for a request head and a
+        // small body. A pooled connection keeps the buffer at the size of
+        // the largest request body chunk it sent (at most the client
+        // side's read buffer, `limits.max_header_bytes`).
+        .writev(false)
         .handshake::<Io, RequestBody>(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
