@@ -124,10 +124,7 @@ pub async fn run(history: Arc<History>, shared: Arc<crate::proxy::Shared>) {
         let first = std::mem::take(&mut first);
         let series = sample(&table, &shared.metrics, &mut prev, first, seconds);
         if !first && seconds > 0.0 {
-            let unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
+            let unix = unix_millis(SystemTime::now());
             history.push(Sample {
                 unix,
                 seconds,
@@ -135,6 +132,15 @@ pub async fn run(history: Arc<History>, shared: Arc<crate::proxy::Shared>) {
             });
         }
     }
+}
+
+/// A sample's time: unix seconds in whole milliseconds. A client sends
+/// the last one back as `?since=`; with at most three decimals it parses
+/// back to the same `f64` even in a parser that is not correctly rounded
+/// (`serde_json`'s default is within one unit in the last place), so the
+/// sample is not returned twice.
+fn unix_millis(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as f64 / 1000.0
 }
 
 /// Reads the (route, backend) pairs of `table`, returns their deltas
@@ -283,6 +289,19 @@ pub fn quantile(bounds: &[f64], cumulative: &[u64], total: u64, q: f64) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sent as JSON and parsed back (as the tests' client and any client
+    /// with a best-effort float parser do), a sample's time is unchanged.
+    #[test]
+    fn sample_times_survive_a_json_round_trip() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_764_668_400);
+        for ms in (0..2_000_000).step_by(7) {
+            let unix = unix_millis(start + Duration::from_millis(ms));
+            let text = serde_json::to_string(&unix).expect("a number");
+            let back: f64 = serde_json::from_str(&text).expect("a number");
+            assert_eq!(back, unix, "{text}");
+        }
+    }
 
     #[test]
     fn quantile_interpolates_inside_the_bucket() {
