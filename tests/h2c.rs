@@ -156,6 +156,32 @@ async fn h2_request_bodies_stream_through() {
     assert_eq!(resp.text().await.unwrap(), "5");
 }
 
+/// An HTTP/2 GET whose body has no `content-length` reaches an HTTP/1.1
+/// backend with its body (chunked), as a POST does: hyper's client would
+/// send it without one.
+#[tokio::test]
+async fn h2_get_bodies_of_unknown_length_reach_an_http1_backend() {
+    let (_b, _g, p) = common::blue_green(100, 0, "").await;
+    let mut send = h2_connection::<BoxBody<Bytes, Infallible>>(p.http).await;
+    for method in [hyper::Method::POST, hyper::Method::GET] {
+        let frames = ["hello", " world"].map(|s| Ok::<_, Infallible>(Frame::data(Bytes::from(s))));
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}/upload", p.http))
+            .body(body)
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{method}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "11",
+            "{method}: the bytes the backend read"
+        );
+    }
+}
+
 #[tokio::test]
 async fn h2_error_answers_are_local_and_the_connection_survives() {
     // A 404 (no route) and a 502 (backend down) on streams of one

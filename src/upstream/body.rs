@@ -32,6 +32,23 @@ pub enum RequestBody {
     Empty,
 }
 
+/// HTTP/1.1 framing for a GET or HEAD whose body has no known length (a
+/// client's chunked body, or an HTTP/2 one without `content-length`):
+/// `Transfer-Encoding: chunked`, stated. hyper's client sends such a
+/// request without its body unless told (it assumes those methods have
+/// none), and the body would be lost. Other methods it chunks itself; a
+/// known length goes as `Content-Length`.
+pub fn chunk_unknown_length(req: &mut http::Request<RequestBody>) {
+    if matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && req.body().size_hint().exact().is_none()
+    {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
 /// Why a client's request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

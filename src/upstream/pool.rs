@@ -36,7 +36,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::Endpoint;
-use super::body::RequestBody;
+use super::body::{RequestBody, chunk_unknown_length};
 use super::connect::{ConnectError, Connected, Sender, connect};
 use super::h2::{self, H2Conn, Stream};
 use crate::config::Protocol;
@@ -314,6 +314,7 @@ impl Client {
             }
             while let Some(mut sender) = slot.take() {
                 h2::to_h1(&mut req);
+                chunk_unknown_length(&mut req);
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok((resp, lease(sender, slot))),
                     Err(mut e) => match e.take_message() {
@@ -374,6 +375,7 @@ impl Client {
                     endpoint.pools.auto_h1.store(true, Ordering::Relaxed);
                 }
                 h2::to_h1(&mut req);
+                chunk_unknown_length(&mut req);
                 match sender.try_send_request(req).await {
                     Ok(resp) => Ok((resp, lease(sender, slot))),
                     Err(mut e) => Err(SendError {
