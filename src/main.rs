@@ -19,14 +19,21 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// returns freed pages to the kernel after 1 s (`dirty_decay_ms`; default
 /// 10 s, and without the thread only when the same arena allocates again,
 /// which an idle worker never does), at once once purged (`muzzy_decay_ms:0`,
-/// no lazy `MADV_FREE` stage, so RSS shows it). `_RJEM_MALLOC_CONF` in the
-/// environment overrides them (the symbols are prefixed `_rjem_`).
+/// no lazy `MADV_FREE` stage, so RSS shows it). The 8 KiB size class gets
+/// 64 KiB slabs of 8 regions (`slab_sizes`; by default a slab is one 8 KiB
+/// region): hyper allocates a new 8 KiB read buffer at most reads, and with
+/// many connections per worker the thread cache over- and underflows, so
+/// every region it took or gave back was a slab made or unmade, ~2.1k
+/// instructions per request at 64 connections (README, #19).
+/// `_RJEM_MALLOC_CONF` in the environment overrides them (the symbols are
+/// prefixed `_rjem_`).
 // SAFETY: a NUL-terminated C string that jemalloc only reads, under the
 // name it looks for (`malloc_conf` with the crate's `_rjem_` prefix); a
 // reference to an array is a plain pointer, as C's `const char *`.
 #[cfg(feature = "jemalloc")]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static MALLOC_CONF: &[u8; 84] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,slab_sizes:8192-8192:16\0";
 
 #[derive(Parser)]
 #[command(
