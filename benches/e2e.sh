@@ -20,6 +20,7 @@
 #   IDLE_PEERS=0  SCENARIO=idle measures cutover alone (1: also nginx, HAProxy)
 #   ROUTE_COUNTS  route-table sizes for SCENARIO=routes ("1 100 1000 10000")
 #   INSTR_REQUESTS  requests counted by SCENARIO=instructions (20000)
+#   INSTR_CONNS     connections h2load opens for SCENARIO=instructions (16)
 #   KEEP_TMP=1  keep the temp dir (configs, logs, raw wrk/h2load output)
 #   CUTOVER_BIN use this cutover binary instead of building one
 #   CUTOVER_GLIBC_BIN  SCENARIO=allocator's glibc-malloc build (default: built
@@ -104,6 +105,7 @@ IDLE_PEERS=${IDLE_PEERS:-1}
 ROUTE_COUNTS=${ROUTE_COUNTS:-1 100 1000 10000}
 KEEP_TMP=${KEEP_TMP:-0}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
+INSTR_CONNS=${INSTR_CONNS:-16}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CUTOVER_BIN=${CUTOVER_BIN:-}
@@ -845,7 +847,8 @@ scenario_large() {
 
 # Instructions per request, counted by callgrind: each proxy with one worker
 # (nginx: master_process off) runs under valgrind while h2load sends
-# INSTR_REQUESTS requests over HTTP/1.1 on 16 connections. A first run of
+# INSTR_REQUESTS requests over HTTP/1.1 on INSTR_CONNS connections (16; more
+# make a worker serve them in larger batches). A first run of
 # INSTR_REQUESTS/10 requests is subtracted, which leaves out start-up and
 # shutdown. Unlike req/s this does not depend on what else the two cores
 # do: a change to the request path shows up here to the instruction.
@@ -866,7 +869,7 @@ scenario_instructions() {
         nginx) start_nginx_proxy; pid=$NGINX_PID port=$NGINX_PORT ;;
         haproxy) start_haproxy; pid=$HAPROXY_PID port=$HAPROXY_PORT ;;
       esac
-      h2load --h1 -n "$n" -c 16 -t 1 "http://127.0.0.1:$port/" >"$out.h2load" 2>&1
+      h2load --h1 -n "$n" -c "$INSTR_CONNS" -t 1 "http://127.0.0.1:$port/" >"$out.h2load" 2>&1
       grep -q "$n succeeded" "$out.h2load" || die "$target: not all of $n requests succeeded ($out.h2load)"
       kill "$pid"
       wait "$pid" 2>/dev/null || true
@@ -874,7 +877,7 @@ scenario_instructions() {
       log "$target, $n requests: ${total[$target.$n]} instructions"
     done
   done
-  printf '\nscenario instructions: instructions per proxied request (callgrind, 1 worker, %d requests)\n' "$INSTR_REQUESTS"
+  printf '\nscenario instructions: instructions per proxied request (callgrind, 1 worker, %d requests, %d connections)\n' "$INSTR_REQUESTS" "$INSTR_CONNS"
   printf '%-10s %12s %10s\n' target instr/req "/ nginx"
   local per nginx_per=
   [[ -n ${total[nginx.$small]:-} ]] &&
