@@ -136,6 +136,37 @@ async fn a_client_x_forwarded_host_never_passes_as_is() {
     assert_eq!(seen_values(&echo, "x-forwarded-host"), ["h"]);
 }
 
+/// A client's `X_Forwarded_For`, `x_forwarded_proto`, `X_Forwarded_Host` or
+/// `X_Request_Id` never reaches the backend: CGI, WSGI and Rack read them as
+/// the proxy's own fields (`HTTP_X_FORWARDED_FOR`). Other names with
+/// underscores pass.
+#[tokio::test]
+async fn underscore_aliases_of_the_forwarding_fields_are_removed() {
+    let (_b, _g, p) = common::blue_green(100, 0, "").await;
+    let echo = raw_echo(
+        p.http,
+        "GET /echo HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\n\
+         x_forwarded_proto: https\r\nX_FORWARDED_HOST: evil.example\r\n\
+         X_Request_Id: forged\r\nX-Forwarded_For: 7.7.7.7\r\nX_App_Id: kept",
+    )
+    .await;
+    let headers = echo["headers"].as_object().expect("headers");
+    let names: Vec<&String> = headers.keys().collect();
+    for alias in [
+        "x_forwarded_for",
+        "x_forwarded_proto",
+        "x_forwarded_host",
+        "x_request_id",
+        "x-forwarded_for",
+    ] {
+        assert!(!headers.contains_key(alias), "{alias} passed: {names:?}");
+    }
+    assert_eq!(seen_values(&echo, "x_app_id"), ["kept"]);
+    assert_eq!(seen_values(&echo, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen_values(&echo, "x-forwarded-proto"), ["http"]);
+    assert_eq!(seen_values(&echo, "x-forwarded-host"), ["h"]);
+}
+
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_stripped() {
     let (b, _g, p) = common::blue_green(100, 0, "").await;

@@ -2,7 +2,8 @@
 //! `proxy::handler::handle`) on arbitrary header maps: no hop-by-hop field
 //! survives (RFC 9110 §7.6.1: the fixed ones, those `Connection` names, `TE`
 //! unless only `trailers`), `Content-Length` goes with `Transfer-Encoding`,
-//! `Host` is kept (or is the target's authority), `X-Request-Id` is kept, every other field is
+//! `Host` is kept (or is the target's authority), `X-Request-Id` is kept, aliases of the
+//! fields the proxy sets (`x_forwarded_for`) are removed, every other field is
 //! untouched, and the forwarding headers are as the README documents them.
 
 use std::net::IpAddr;
@@ -33,6 +34,10 @@ const NAMES: &[&str] = &[
     "trailers",
     "x-app",
     "x-secret",
+    "x_forwarded_for",
+    "x_forwarded-proto",
+    "x_request_id",
+    "x_app",
 ];
 
 /// Fields removed whatever `Connection` says.
@@ -45,6 +50,14 @@ const FIXED: &[&str] = &[
     "http2-settings",
     "x-cutover-token",
     "forwarded",
+];
+
+/// Fields whose names with `_` for `-` are removed.
+const ALIASED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
 ];
 
 /// Fields the rewrite sets.
@@ -125,6 +138,7 @@ pub fn check(data: &[u8]) {
         None
     };
     headers::strip_hop_by_hop(&mut h, &fields);
+    headers::strip_aliases(&mut h, &fields);
     if let Some(protocol) = &upgrade {
         headers::set_upgrade(&mut h, protocol.clone());
     }
@@ -156,6 +170,12 @@ pub fn check(data: &[u8]) {
     }
     if orig.contains_key(header::TRANSFER_ENCODING) {
         removed.push("content-length".into());
+    }
+    // Aliases of what the proxy sets: `x_forwarded_for` and the like.
+    for n in orig.keys() {
+        if n.as_str().contains('_') && ALIASED.contains(&n.as_str().replace('_', "-").as_str()) {
+            removed.push(n.as_str().into());
+        }
     }
     for r in &removed {
         if SET.contains(&r.as_str()) || (upgrade.is_some() && (r == "connection" || r == "upgrade"))

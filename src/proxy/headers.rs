@@ -50,6 +50,9 @@ pub struct Fields {
     pub forwarded: bool,
     pub request_ids: usize,
     pub cookies: usize,
+    /// A field whose name, with `_` read as `-`, is one the proxy sets
+    /// ([`strip_aliases`]; requests only).
+    pub aliases: bool,
 }
 
 impl Fields {
@@ -94,9 +97,51 @@ impl Fields {
                 f.listed |= 1 << i;
                 f.transfer_encoding |= name == header::TRANSFER_ENCODING;
                 f.upgrade |= name == header::UPGRADE;
+            } else if request && is_alias(name) {
+                f.aliases = true;
             }
         }
         f
+    }
+}
+
+/// The fields the proxy sets on a request, which a backend must be able to
+/// trust.
+static SET_BY_PROXY: [&HeaderName; 4] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &super::request_id::X_REQUEST_ID,
+];
+
+/// `X_Forwarded_For` and the like: one of [`SET_BY_PROXY`] with `_` for
+/// `-`. CGI, WSGI and Rack backends read both spellings as the same
+/// variable (`HTTP_X_FORWARDED_FOR`), so a client's alias could stand in
+/// for the proxy's own value there.
+fn is_alias(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    matches!(n.len(), 12 | 15..=17)
+        && n.contains(&b'_')
+        && SET_BY_PROXY.iter().any(|set| {
+            let set = set.as_str().as_bytes();
+            set.len() == n.len()
+                && set
+                    .iter()
+                    .zip(n)
+                    .all(|(s, c)| s == c || (*s == b'-' && *c == b'_'))
+        })
+}
+
+/// Removes a request's aliases of the fields the proxy sets ([`is_alias`]),
+/// as nginx drops every name with an underscore by default; other names
+/// with underscores pass. `f` is what [`Fields`] found in `headers`.
+pub fn strip_aliases(headers: &mut HeaderMap, f: &Fields) {
+    if !f.aliases {
+        return;
+    }
+    let aliases: Vec<HeaderName> = headers.keys().filter(|n| is_alias(n)).cloned().collect();
+    for name in aliases {
+        headers.remove(name);
     }
 }
 
@@ -317,6 +362,30 @@ mod tests {
     fn strip(h: &mut HeaderMap) {
         let f = Fields::of(h);
         strip_hop_by_hop(h, &f);
+    }
+
+    #[test]
+    fn aliases_of_the_fields_the_proxy_sets_are_removed_and_no_others() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_proto", "https"),
+            ("x_forwarded_host", "evil"),
+            ("x_request_id", "forged"),
+            ("x_forwarded_by", "kept"),
+            ("x_app", "kept"),
+            ("x-request-id", "kept"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let f = Fields::of_request(&h);
+        assert!(f.aliases);
+        strip_aliases(&mut h, &f);
+        let mut left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["x-request-id", "x_app", "x_forwarded_by"]);
+        // Responses are not looked at.
+        assert!(!Fields::of(&h).aliases);
     }
 
     /// `set_forwarded` as the request path calls it.
