@@ -120,8 +120,7 @@ static SET_BY_PROXY: [&HeaderName; 4] = [
 /// for the proxy's own value there.
 fn is_alias(name: &HeaderName) -> bool {
     let n = name.as_str().as_bytes();
-    matches!(n.len(), 12 | 15..=17)
-        && n.contains(&b'_')
+    n.contains(&b'_')
         && SET_BY_PROXY.iter().any(|set| {
             let set = set.as_str().as_bytes();
             set.len() == n.len()
