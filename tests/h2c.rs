@@ -280,3 +280,43 @@ async fn header_read_does_not_cut_an_idle_h2_connection() {
         assert_eq!(&body[..], b"blue");
     }
 }
+
+#[tokio::test]
+async fn the_request_id_is_never_indexed_by_hpack() {
+    // Each response's x-request-id is new, so adding it to the connection's
+    // HPACK dynamic table only evicts useful entries (and costs the encoder
+    // a comparison with every earlier ID there): the proxy sends it as a
+    // literal never indexed (RFC 7541 §6.2.3), the one such field of an
+    // answer here, whether it made the ID or kept the client's.
+    use common::h2raw::{self, H2Raw, Repr};
+    let (_b, _g, p) = common::blue_green(100, 0, "").await;
+    let mut c = H2Raw::connect(p.http, &[]).await;
+    c.send(&h2raw::settings_ack()).await.unwrap();
+    for (i, id) in [None, Some("client-chosen-1"), None]
+        .into_iter()
+        .enumerate()
+    {
+        let stream = 1 + 2 * i as u32;
+        let mut block = h2raw::get_block("h", "/");
+        if let Some(id) = id {
+            h2raw::literal(&mut block, "x-request-id", id);
+        }
+        let flags = h2raw::END_HEADERS | h2raw::END_STREAM;
+        c.send(&h2raw::frame(h2raw::HEADERS, flags, stream, &block))
+            .await
+            .unwrap();
+        let head = loop {
+            let f = c
+                .read_frame(Duration::from_secs(10))
+                .await
+                .expect("the proxy answers");
+            if f.kind == h2raw::HEADERS && f.stream == stream {
+                break f;
+            }
+        };
+        assert!(head.flags & h2raw::END_HEADERS != 0, "one HEADERS frame");
+        let reprs = h2raw::representations(&head.payload);
+        let never = reprs.iter().filter(|r| **r == Repr::NeverIndexed).count();
+        assert_eq!(never, 1, "response {i}: {reprs:?}");
+    }
+}

@@ -234,3 +234,62 @@ pub enum Ended {
 /// `ENHANCE_YOUR_CALM` (RFC 9113 §7).
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 pub const CANCEL: u32 = 0x8;
+
+/// How a field of an HPACK header block is represented (RFC 7541 §6),
+/// from the pattern of its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repr {
+    Indexed,
+    /// Literal with incremental indexing: added to the dynamic table.
+    Incremental,
+    WithoutIndexing,
+    /// Literal never indexed (§6.2.3), as for a sensitive value.
+    NeverIndexed,
+    SizeUpdate,
+}
+
+/// The representation of each field of `block`, in order. Names and values
+/// are stepped over, not decoded (they may be Huffman-coded).
+pub fn representations(block: &[u8]) -> Vec<Repr> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < block.len() {
+        let (repr, prefix) = match block[at] {
+            0x80..=0xff => (Repr::Indexed, 7),
+            0x40..=0x7f => (Repr::Incremental, 6),
+            0x20..=0x3f => (Repr::SizeUpdate, 5),
+            0x10..=0x1f => (Repr::NeverIndexed, 4),
+            _ => (Repr::WithoutIndexing, 4),
+        };
+        let name = hpack_int(block, &mut at, prefix);
+        if !matches!(repr, Repr::Indexed | Repr::SizeUpdate) {
+            if name == 0 {
+                at += hpack_int(block, &mut at, 7);
+            }
+            at += hpack_int(block, &mut at, 7);
+        }
+        out.push(repr);
+    }
+    out
+}
+
+/// An HPACK integer with a `prefix`-bit prefix (RFC 7541 §5.1) at `at`,
+/// which it moves past.
+fn hpack_int(block: &[u8], at: &mut usize, prefix: u32) -> usize {
+    let max = (1usize << prefix) - 1;
+    let mut n = usize::from(block[*at]) & max;
+    *at += 1;
+    if n == max {
+        let mut shift = 0;
+        loop {
+            let b = block[*at];
+            *at += 1;
+            n += usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    n
+}
