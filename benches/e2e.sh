@@ -8,7 +8,7 @@
 #
 # Environment:
 #   SCENARIO    basic (default) | sticky | routes | reload | idle | large |
-#               instructions | h2 | tls | allocator | shadow
+#               instructions | h2 | tls | allocator | shadow | goals
 #   ROUNDS      rounds per target, targets alternate A B C D each round (3)
 #   DURATION    length of each wrk / h2load run (10s)
 #   CONNS       concurrent connections (64)
@@ -77,6 +77,9 @@
 #           HTTP/1.1 and h2c, rounds alternating
 #   shadow  cutover at 100/0 without a shadow and with shadow to green at
 #           sample 0.1 and 1.0 (the copies' cost)
+#   goals   issue 19's goals in one run: basic, instructions, tls and routes
+#           one after another (same binary, same ROUNDS and DURATION), each
+#           scenario's own table, then one table of goal, measured, met
 #
 # Output: ONE table, one row per target and protocol, with the median over
 # rounds of req/s, p50 and p99 latency (wrk; h2load reports no percentiles,
@@ -1127,10 +1130,72 @@ EOF
     "cutover|nginx" "cutover|haproxy" "cutover|direct"
 }
 
+# SCENARIO=goals: each goal's scenario in turn, as a child run of this
+# script with the same binary, its output kept in $TMP/goals; then the
+# goals read from those tables.
+scenario_goals() {
+  local dir="$TMP/goals" s
+  mkdir -p "$dir"
+  for s in basic instructions tls routes; do
+    log "goals: scenario $s"
+    SCENARIO=$s CUTOVER_BIN=$CUTOVER_BIN "${BASH_SOURCE[0]}" >"$dir/$s.txt" ||
+      die "scenario $s failed; its output: $dir/$s.txt"
+    cat "$dir/$s.txt"
+  done
+  python3 - "$dir" <<'PY'
+import sys
+
+d = sys.argv[1]
+def rows(name):
+    return [l.split() for l in open(f"{d}/{name}.txt")]
+
+basic = {}  # (target, proto) -> (p99 ms, CPU us per request)
+for r in rows("basic"):
+    if len(r) == 8 and r[0] in ("cutover", "nginx", "haproxy") and r[1] == "h1":
+        basic[r[0]] = (float(r[4]), float(r[7]))
+instr = {r[0]: int(r[1]) for r in rows("instructions")
+         if len(r) == 3 and r[0] in ("cutover", "nginx", "haproxy") and r[1].isdigit()}
+full = {r[0]: float(r[2]) for r in rows("tls") if len(r) == 8 and r[1] == "h1-full"}
+rss = {}
+for r in rows("routes"):
+    if len(r) >= 5 and r[0] == "10000" and r[2] == "MiB" and r[4] == "MiB":
+        rss = {"idle": float(r[1]), "after traffic": float(r[3])}
+
+table = []
+def goal(text, ours, ref, ref_name, met, unit=""):
+    ratio = f"{ours / ref:.3f}" if ours is not None and ref else "n/a"
+    show = lambda v: "n/a" if v is None else f"{v:g}{unit}"
+    table.append((text, show(ours), f"{show(ref)} ({ref_name})" if ref_name else show(ref), ratio,
+                  "n/a" if ours is None or ref is None else ("yes" if met(ours, ref) else "no")))
+
+goal("instructions per request <= HAProxy's", instr.get("cutover"), instr.get("haproxy"), "haproxy", lambda a, b: a <= b)
+goal("  stretch: <= nginx's", instr.get("cutover"), instr.get("nginx"), "nginx", lambda a, b: a <= b)
+cpu = lambda t: basic[t][1] if t in basic else None
+p99 = lambda t: basic[t][0] if t in basic else None
+goal("CPU per request (h1) within 5% of nginx's", cpu("cutover"), cpu("nginx"), "nginx", lambda a, b: a <= 1.05 * b, " us")
+goal("p99 (h1) <= HAProxy's", p99("cutover"), p99("haproxy"), "haproxy", lambda a, b: a <= b, " ms")
+goal("TLS full handshakes/s >= nginx's", full.get("cutover"), full.get("nginx"), "nginx", lambda a, b: a >= b)
+for k in ("idle", "after traffic"):
+    goal(f"10,000 routes, RSS {k} < 64 MiB", rss.get(k), 64.0, "", lambda a, b: a < b, " MiB")
+
+print("\nissue 19 goals, this run (scenarios basic, instructions, tls, routes above)")
+w = [max(len(r[i]) for r in table) for i in range(5)]
+head = ("goal", "cutover", "reference", "ratio", "met")
+for r in [head] + table:
+    print("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(max(w[i], len(head[i]))) for i, c in enumerate(r)))
+PY
+}
+
 main() {
   case $SCENARIO in
     basic | sticky | routes | reload | idle | large | instructions | h2 | tls | allocator | shadow) ;;
-    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions|h2|tls|allocator|shadow)" ;;
+    goals)
+      check_tools
+      build_cutover
+      scenario_goals
+      return
+      ;;
+    *) die "unknown SCENARIO=$SCENARIO (basic|sticky|routes|reload|idle|large|instructions|h2|tls|allocator|shadow|goals)" ;;
   esac
   check_tools
   build_cutover
