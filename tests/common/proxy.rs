@@ -177,6 +177,24 @@ impl Proxy {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
     }
+
+    /// CPU time (user + system) the proxy process has used, in clock ticks
+    /// of /proc (`USER_HZ`, 100 per second on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the proxy's /proc stat");
+        // Fields after the `(comm)`, which may hold spaces: state is the
+        // 3rd field of the line, utime and stime the 14th and 15th.
+        let (_, rest) = stat.rsplit_once(')').expect("(comm) in /proc stat");
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().expect("utime and stime are numbers"))
+            .collect();
+        assert_eq!(f.len(), 2, "utime and stime in {stat}");
+        f.iter().sum()
+    }
 }
 
 pub fn write_atomically(path: &Path, text: &str) {
