@@ -316,11 +316,17 @@ fn health_specs(config: &Config) -> HashMap<Arc<str>, HealthSpec> {
         .collect()
 }
 
-/// "app: blue=90 green=10; api: ..." for the reload log line.
+/// Routes whose weights a reload's log line names; the rest are counted.
+const WEIGHTS_LOGGED: usize = 20;
+
+/// "app: blue=90 green=10; api: ..." for the reload log line, at most
+/// [`WEIGHTS_LOGGED`] routes, then "(+N more routes)": with 10,000 routes
+/// the whole list was one line of 300 KB per reload.
 fn describe_weights(table: &RoutingTable) -> String {
-    table
+    let mut out: Vec<String> = table
         .routes
         .iter()
+        .take(WEIGHTS_LOGGED)
         .map(|r| {
             let w: Vec<String> = r
                 .backends
@@ -329,8 +335,12 @@ fn describe_weights(table: &RoutingTable) -> String {
                 .collect();
             format!("{}: {}", r.name, w.join(" "))
         })
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect();
+    let more = table.routes.len().saturating_sub(WEIGHTS_LOGGED);
+    if more > 0 {
+        out.push(format!("(+{more} more routes)"));
+    }
+    out.join("; ")
 }
 
 /// The certificate and key files a config names, and the backends' CA

@@ -971,3 +971,41 @@ async fn a_sighup_reload_stuck_on_a_file_does_not_block_the_admin_listener() {
     }
     assert_eq!(served(&c, &p).await.as_deref(), Ok("blue"));
 }
+
+#[tokio::test]
+async fn the_reload_line_names_twenty_routes_and_counts_the_rest() {
+    // With 10,000 routes the whole list of weights made one log line of
+    // 300 KB per reload; it names the first 20 routes and counts the rest.
+    let (b, g) = (Backend::start("blue").await, Backend::start("green").await);
+    let routes = |blue: u32| {
+        let mut r = String::new();
+        for i in 0..25 {
+            r.push_str(&format!(
+                "[[routes]]\nname = \"r{i}\"\nhost = \"h{i}\"\nweights = {{ blue = {blue}, green = {} }}\n",
+                100 - blue
+            ));
+        }
+        common::config(&[("blue", &[&b]), ("green", &[&g])], &r)
+    };
+    let p = Proxy::start(&routes(90)).await;
+    p.write_config(&routes(80));
+    let line = || {
+        p.logs()
+            .into_iter()
+            .find(|l| l["message"] == "config reloaded")
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), || async { line().is_some() }).await,
+        "no reload logged"
+    );
+    let weights = line().unwrap()["weights"].as_str().unwrap().to_string();
+    assert!(
+        weights.starts_with("r0: blue=80 green=20; r1: blue=80"),
+        "{weights}"
+    );
+    assert!(
+        weights.contains("r19: blue=80 green=20; (+5 more routes)"),
+        "{weights}"
+    );
+    assert!(!weights.contains("r20:"), "{weights}");
+}
