@@ -266,18 +266,10 @@ impl Windows {
                     h.snapshots.push_back((at, zero));
                 }
             }
-            h.snapshots.push_back((now, snap));
             let window = route.analysis.window;
-            while h.snapshots.len() > 1
-                && h.snapshots
-                    .get(1)
-                    .is_some_and(|(t, _)| now.duration_since(*t) >= window)
-            {
-                h.snapshots.pop_front();
-            }
-            if let (Some((t0, first)), Some((_, last))) = (h.snapshots.front(), h.snapshots.back())
-            {
-                let counts: Vec<Counts> = last.iter().zip(first).map(|(l, f)| l.since(f)).collect();
+            slide(&mut h.snapshots, &snap, now, window);
+            if let Some((t0, first)) = h.snapshots.front() {
+                let counts: Vec<Counts> = snap.iter().zip(first).map(|(l, f)| l.since(f)).collect();
                 out.push(judge(route, &h.baseline, &counts, now.duration_since(*t0)));
             }
         }
@@ -299,6 +291,47 @@ impl Windows {
                 .filter_map(|r| crate::shadow::evidence::tick(r, now)),
         );
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = out;
+    }
+}
+
+/// Snapshots a window keeps at most (plus one): one per `window / SNAPSHOTS`,
+/// at least a second apart. Before, every tick's was kept: a route that had
+/// served kept 300 of them for the default 5 minutes (about 150 KB), and
+/// 1,000 such routes grew the process by 0.5 MB a second.
+const SNAPSHOTS: u32 = 60;
+
+/// Moves a window of `snapshots` to `now`, whose counts are `snap`: keeps
+/// `snap` if the newest kept is a step old, then drops those that left the
+/// window. The front is then the counts at the window's start, to within a
+/// step, and its time where that start really is: `now - front` is the
+/// length judged.
+fn slide(
+    snapshots: &mut VecDeque<(Instant, Vec<Counts>)>,
+    snap: &[Counts],
+    now: Instant,
+    window: Duration,
+) {
+    let step = (window / SNAPSHOTS).max(Duration::from_secs(1));
+    if snapshots
+        .back()
+        .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= step)
+    {
+        snapshots.push_back((now, snap.to_vec()));
+    }
+    while snapshots
+        .get(1)
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= window)
+    {
+        snapshots.pop_front();
+    }
+    // Counters only grow: when the front equals `snap`, nothing happened
+    // since the front, and one snapshot says it all, at the latest time
+    // that is still inside the window (a quiet route keeps one, not 60).
+    if snapshots.len() > 1 && snapshots.front().is_some_and(|(_, c)| c == snap) {
+        let t0 = snapshots.front().map_or(now, |(t, _)| *t);
+        let start = now.checked_sub(window).map_or(t0, |s| s.max(t0));
+        snapshots.clear();
+        snapshots.push_back((start, snap.to_vec()));
     }
 }
 
@@ -529,6 +562,56 @@ mod tests {
         };
         assert!(!judged(verdict::Settings::default().srm_confidence));
         assert!(judged(0.95));
+    }
+
+    /// Counts of one backend with `n` requests so far.
+    fn counts(n: u64) -> Vec<Counts> {
+        vec![Counts {
+            requests: n,
+            buckets: vec![n, 0],
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn a_window_keeps_at_most_snapshots_plus_one_and_judges_its_length() {
+        // Ticks every second for 20 minutes of steady traffic (one request
+        // a second), 5 minute window: at most 61 kept (not 300), the front
+        // between one window and one step old, and the counts since the
+        // front match that age to the second.
+        let (window, step) = (Duration::from_secs(300), Duration::from_secs(5));
+        let t0 = Instant::now();
+        let mut w = VecDeque::new();
+        for s in 0..1200u64 {
+            let now = t0 + Duration::from_secs(s);
+            slide(&mut w, &counts(s), now, window);
+            assert!(w.len() <= SNAPSHOTS as usize + 1, "{s}: {}", w.len());
+            let (t, first) = w.front().unwrap();
+            let age = now.duration_since(*t);
+            if s >= 300 {
+                assert!(age >= window && age < window + step, "{s}: {age:?}");
+            }
+            assert_eq!(s - first[0].requests, age.as_secs(), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_quiet_window_keeps_one_snapshot_at_its_start() {
+        // Traffic for 10 s, then none: once the traffic has left the 60 s
+        // window, one snapshot is kept, dated one window ago.
+        let window = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut w = VecDeque::new();
+        for s in 0..200u64 {
+            let now = t0 + Duration::from_secs(s);
+            slide(&mut w, &counts(s.min(10)), now, window);
+            let (t, first) = w.front().unwrap();
+            if s >= 71 {
+                assert_eq!(w.len(), 1, "{s}");
+                assert_eq!(now.duration_since(*t), window, "{s}");
+                assert_eq!(first[0].requests, 10);
+            }
+        }
     }
 
     #[test]
