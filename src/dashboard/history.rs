@@ -170,6 +170,7 @@ fn sample(
         if !r.backends.iter().any(|b| b.metrics.has_served()) {
             continue;
         }
+        let start = out.len();
         for b in r.backends.iter() {
             let key = (r.name.clone(), b.backend.name.clone());
             let (bounds, now) = totals(&b.metrics.duration());
@@ -188,6 +189,15 @@ fn sample(
                 out.push(point(&key, b.weight, &bounds, before, &now, seconds));
             }
             prev.insert(key, now);
+        }
+        // A route quiet through the interval has no points (a chart reads
+        // that as no requests): kept, 1,000 routes that had served once
+        // would hold 900,000 points, about 90 MB, every 15 minutes.
+        if out[start..]
+            .iter()
+            .all(|p| p.requests == 0 && p.errors_5xx == 0)
+        {
+            out.truncate(start);
         }
     }
     out
