@@ -30,7 +30,7 @@ const LEN: usize = 36;
 /// must not put it in an HTTP/2 connection's dynamic table (the `h2`
 /// crate indexes every other field). Indexed, each ID would evict useful
 /// entries, and each lookup would compare against every earlier ID still
-/// there: about 6,000 instructions per HTTP/2 response (callgrind).
+/// there (callgrind: 66.6k → 63.8k instructions per h2c request).
 pub fn ensure(headers: &mut HeaderMap, given: usize) -> HeaderValue {
     if given == 1
         && let Some(id) = headers.get_mut(&X_REQUEST_ID)
