@@ -103,8 +103,8 @@ struct History {
     /// (the route's settings) and the window's counts. Judging is a pure
     /// function of the two, so a route whose window did not move is not
     /// judged again; only its length is new. Judging every served route
-    /// each second (the verdicts' text, formatted) took most of 18% of a
-    /// core with 10,000 of them.
+    /// each second (the verdicts' text, formatted) took a third of the
+    /// analysis' CPU with 10,000 of them (181 → 121 ticks in 10 s).
     judged: Option<(u64, Vec<Counts>, RouteAnalysis)>,
 }
 
@@ -487,7 +487,8 @@ impl Windows {
     /// Sets the verdict and SRM series of `analyses`: only those that
     /// changed, and removes those of routes or backends no longer compared.
     /// (Resetting both families and making every series anew each second
-    /// was a fifth of the analysis' CPU with 10,000 routes.)
+    /// was a quarter of the analysis' CPU with 10,000 routes: 121 → 76
+    /// ticks in 10 s.)
     fn publish(&self, metrics: &Metrics, analyses: &[RouteAnalysis]) {
         let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
         let mut now = HashMap::with_capacity(published.len());
